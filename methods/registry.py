@@ -1,0 +1,77 @@
+"""Method registry: ``@register_method`` on the class, plus one line in ``_MODULES``.
+
+Modules are imported lazily the first time the registry is queried, so importing ``methods`` stays
+cheap and a broken method module fails with its own traceback only when the registry is used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Mapping
+
+from methods.base import DataInfo, HashMethod, MethodParams
+from pipeline.errors import MethodError
+
+# One line per method module. Adding a method = one file + one line here.
+_MODULES: tuple[str, ...] = (
+    "methods.dcmh",
+    "methods.csq",
+)
+
+_REGISTRY: dict[str, type[HashMethod]] = {}
+_loaded = False
+
+
+def register_method(cls: type[HashMethod]) -> type[HashMethod]:
+    """Class decorator: make ``cls`` available under ``cls.name``."""
+    if not cls.name:
+        raise MethodError(f"{cls.__qualname__} has no 'name'")
+    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
+        raise MethodError(f"method name {cls.name!r} registered twice ({_REGISTRY[cls.name].__module__}, {cls.__module__})")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def _load() -> None:
+    global _loaded
+    if _loaded:
+        return
+    for module in _MODULES:
+        importlib.import_module(module)
+    _loaded = True
+
+
+def available_methods() -> list[str]:
+    """Sorted names of every registered method."""
+    _load()
+    return sorted(_REGISTRY)
+
+
+def get_method_class(name: str) -> type[HashMethod]:
+    """The class registered as ``name``; a clear error listing the known names otherwise."""
+    _load()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise MethodError(f"unknown method {name!r}; available: {', '.join(sorted(_REGISTRY))}") from None
+
+
+def create_method(name: str, params: Mapping[str, Any] | MethodParams | None, info: DataInfo, bits: int) -> HashMethod:
+    """Build method ``name`` for data ``info`` and code length ``bits``."""
+    cls = get_method_class(name)
+    if params is None:
+        params = cls.Params()
+    elif not isinstance(params, MethodParams):
+        params = cls.Params(**dict(params))
+    missing = [m for m in cls.modalities if m not in info.modalities]
+    if missing:
+        raise MethodError(
+            f"method {name!r} needs modalities {list(cls.modalities)} but dataset {info.dataset!r} has {sorted(info.modalities)}"
+        )
+    for m in cls.modalities:
+        kind = info.modalities[m].kind
+        if kind not in cls.input_kinds:
+            raise MethodError(
+                f"method {name!r} does not accept {m!r} input of kind {kind!r} (dataset {info.dataset!r}); it accepts {sorted(cls.input_kinds)}"
+            )
+    return cls(params, info, bits)

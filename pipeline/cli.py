@@ -1,0 +1,179 @@
+"""``hashbench``: the command line. Each stage of the DVC pipeline is one subcommand.
+
+    hashbench fetch wikipedia          raw files into data/raw/<dataset>, verified
+    hashbench prepare wikipedia        raw files into the prepared format in data/prepared/<dataset>
+    hashbench bench --suite demo-wikipedia   the suite's trial grid on Ray Tune, logged to MLflow
+    hashbench report --profile demo    MLflow runs into reports/index.html (+ metrics.json, plots/)
+    hashbench list                     datasets, methods, suites and profiles
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from pipeline.errors import HashBenchError
+
+log = logging.getLogger("hashbench")
+
+
+def _params(args):
+    from pipeline.config import load_params
+
+    return load_params(args.params)
+
+
+def _paths(args):
+    from pipeline.paths import ProjectPaths
+
+    return ProjectPaths.at(args.root)
+
+
+def cmd_fetch(args) -> int:
+    from pipeline.data.registry import get_dataset
+
+    params, paths = _params(args), _paths(args)
+    for name in _dataset_names(args, params):
+        spec = get_dataset(name)
+        log.info("fetch %s -> %s", name, paths.raw(name))
+        spec.fetch(params.dataset_params(name), paths.raw(name))
+    return 0
+
+
+def cmd_prepare(args) -> int:
+    from pipeline.data.formats import PreparedDataset
+    from pipeline.data.registry import get_dataset
+
+    params, paths = _params(args), _paths(args)
+    for name in _dataset_names(args, params):
+        spec = get_dataset(name)
+        log.info("prepare %s -> %s", name, paths.prepared(name))
+        spec.prepare(params.dataset_params(name), paths.raw(name), paths.prepared(name))
+        ds = PreparedDataset(paths.prepared(name))
+        for protocol, meta in ds.manifest["protocols"].items():
+            print(f"{name} [{protocol}]: {meta['counts']}")
+    return 0
+
+
+def _dataset_names(args, params) -> list[str]:
+    from pipeline.errors import ConfigError
+
+    names = list(params.datasets) if args.all else args.datasets
+    if not names:
+        raise ConfigError("name at least one dataset, or pass --all")
+    for n in names:
+        if n not in params.datasets:
+            raise ConfigError(f"{params.source}: dataset {n!r} is not configured under 'datasets'; configured: {', '.join(params.datasets)}")
+    return names
+
+
+def cmd_bench(args) -> int:
+    from pipeline.runner import run_bench
+
+    params, paths = _params(args), _paths(args)
+    suites = args.suite or (params.suites_of_profile(args.profile) if args.profile else [])
+    if not suites:
+        from pipeline.errors import ConfigError
+
+        raise ConfigError("pass --suite NAME (repeatable) or --profile NAME")
+    for suite in suites:
+        summary = run_bench(params, suite, paths, params_file=Path(args.params), dry_run=args.dry_run)
+        print(f"suite {suite}: {len(summary.trials)} trials, {summary.skipped} already finished, {summary.ran} run now, {summary.wall_seconds:.1f} s")
+        if args.dry_run:
+            for key, t in summary.trials.items():
+                print(f"  {t['status']:>8}  {key}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from pipeline import tracking
+    from pipeline.report.build import build_landing, build_report
+    from pipeline.report.collect import collect_runs
+
+    params, paths = _params(args), _paths(args)
+    suites = params.suites_of_profile(args.profile)
+    uri = tracking.tracking_uri(params.tracking, paths)
+    runs = collect_runs(uri, paths.root / "results" / "bench" / args.profile, suites, args.profile)
+    out = Path(args.out) if args.out else paths.reports / args.profile
+    description = params.profiles[args.profile].description
+    html = build_report(runs, out, title=f"HashBench report: {args.profile}", notes={"Profile": description, "MLflow store": uri})
+    index = paths.reports / "index.html"
+    if not args.out:
+        build_landing(paths.reports, list(params.profiles))
+    print(f"report: {html}" + (f" (landing page {index})" if not args.out else ""))
+    return 0
+
+
+def cmd_list(args) -> int:
+    from methods.registry import available_methods, get_method_class
+    from pipeline.data.registry import available_datasets, get_dataset
+
+    print("datasets:")
+    for n in available_datasets():
+        d = get_dataset(n)
+        print(f"  {n:12s} modalities={','.join(d.modalities)} protocols={','.join(d.protocols)}  {d.citation}")
+    print("methods:")
+    for n in available_methods():
+        c = get_method_class(n)
+        print(f"  {n:12s} modalities={','.join(c.modalities)}  {c.paper}")
+    try:
+        params = _params(args)
+    except HashBenchError as exc:
+        print(f"(params not loaded: {exc})")
+        return 0
+    print("suites:")
+    for n, s in params.suites.items():
+        print(f"  {n:24s} profile={s.profile} dataset={s.dataset} methods={','.join(s.methods)} bits={s.bits} seeds={s.seeds}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="hashbench", description="HashBench: learning-to-hash retrieval benchmark. Stages: fetch -> prepare -> bench -> report.")
+    p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    p.add_argument("--root", default=".", help="project root holding data/, results/, reports/ (default: .)")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True, metavar="STAGE")
+
+    f = sub.add_parser("fetch", help="download (or verify embedded) raw files of datasets")
+    f.add_argument("datasets", nargs="*")
+    f.add_argument("--all", action="store_true", help="every dataset configured in params")
+    f.set_defaults(func=cmd_fetch)
+
+    pr = sub.add_parser("prepare", help="turn raw files into the prepared format with the protocol splits")
+    pr.add_argument("datasets", nargs="*")
+    pr.add_argument("--all", action="store_true", help="every dataset configured in params")
+    pr.set_defaults(func=cmd_prepare)
+
+    b = sub.add_parser("bench", help="run suites (methods x bits x seeds) on Ray Tune, logging to MLflow; resumes")
+    b.add_argument("--suite", action="append", help="suite name (repeatable)")
+    b.add_argument("--profile", help="every suite of this profile")
+    b.add_argument("--dry-run", action="store_true", help="list the trials and whether each is finished; run nothing")
+    b.set_defaults(func=cmd_bench)
+
+    r = sub.add_parser("report", help="read the runs back from MLflow and write reports/<profile>/index.html")
+    r.add_argument("--profile", default="demo")
+    r.add_argument("--out", help="output folder (default: reports/<profile>)")
+    r.set_defaults(func=cmd_report)
+
+    ls = sub.add_parser("list", help="datasets, methods, suites and profiles")
+    ls.set_defaults(func=cmd_list)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except HashBenchError as exc:
+        print(f"hashbench: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("hashbench: interrupted; finished trials are saved, rerun to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,357 @@
+"""Typed configuration: params.yaml validated once into pydantic models.
+
+Every other module receives these objects, never raw dictionaries. Validation errors are raised as
+:class:`~pipeline.errors.ConfigError` naming the file, the key (dotted path) and what is allowed, e.g.
+``params.yaml: suites.demo-digits.bits[1]: 12 is not a positive multiple of 8``.
+
+Layout of params.yaml (see the file itself for the documented defaults):
+
+* ``datasets.<name>``: dataset parameters (split seed, protocol, sizes) validated by the dataset's
+  own model from the dataset registry;
+* ``methods.<name>``: hyperparameters validated by the method's ``Params`` model, plus an optional
+  ``train`` block that overrides the global training settings for that method;
+* ``train``, ``eval``, ``resources``, ``tracking``: global settings;
+* ``suites.<name>``: one dataset x methods x bits x seeds, tagged with the ``profile`` it belongs
+  to, with optional ``train``/``eval``/``methods`` overrides of its own;
+* ``profiles.<name>``: a description; ``dvc repro report@<profile>`` runs that profile's suites.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from pipeline.errors import ConfigError
+
+DEFAULT_PARAMS = "params.yaml"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class OptimizerConfig(_Strict):
+    """Optimizer of the network parameters (closed-form updates are the method's business)."""
+
+    name: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+
+
+class TrainConfig(_Strict):
+    """Training-loop settings shared by every method."""
+
+    epochs: int = Field(50, ge=1)
+    batch_size: int = Field(128, ge=1)
+    optimizer: OptimizerConfig = OptimizerConfig()
+    device: str = "auto"
+    grad_clip: float | None = Field(None, gt=0)
+    loader_workers: int = Field(0, ge=0)
+    eval_every: int = Field(0, ge=0, description="evaluate on the validation data every N epochs (0: never)")
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if v in ("auto", "cpu", "cuda") or (v.startswith("cuda:") and v[5:].isdigit()):
+            return v
+        raise ValueError(f"{v!r} is not a device; allowed: auto, cpu, cuda, cuda:N")
+
+
+class IndexConfig(_Strict):
+    """Which faiss binary indexes to build and time over the database codes."""
+
+    kinds: list[Literal["flat", "hash", "multihash"]] = ["flat"]
+    k: int = Field(100, ge=1)
+    latency_queries: int = Field(200, ge=1)
+
+
+class EvalConfig(_Strict):
+    """Evaluation settings; the conventions are logged with every number."""
+
+    topk: list[int] = [100]
+    ties: Literal["expected", "index", "optimistic", "pessimistic"] = "expected"
+    ap_norm: Literal["retrieved", "min_k_total", "total"] = "retrieved"
+    radius: int = Field(2, ge=0)
+    random_baseline: bool = True
+    index: IndexConfig = IndexConfig()
+
+    @field_validator("topk")
+    @classmethod
+    def _topk(cls, v: list[int]) -> list[int]:
+        bad = [k for k in v if k < 1]
+        if bad:
+            raise ValueError(f"cut-offs must be positive integers, got {bad}")
+        return sorted(set(v))
+
+
+class ResourcesConfig(_Strict):
+    """Ray resources. Without ``ray_address`` a local Ray starts with this machine's CPUs."""
+
+    ray_address: str | None = None
+    num_workers: int = Field(1, ge=1, description="Ray Train workers per trial")
+    use_gpu: bool | Literal["auto"] = "auto"
+    cpus_per_worker: float = Field(1.0, gt=0)
+    gpus_per_worker: float = Field(1.0, ge=0)
+    max_concurrent_trials: int | None = Field(None, ge=1)
+
+
+class TrackingConfig(_Strict):
+    """MLflow. ``mlflow_uri`` null means the embedded sqlite store in the project (git-ignored);
+    the environment variable MLFLOW_TRACKING_URI overrides both."""
+
+    mlflow_uri: str | None = None
+    artifact_root: str = "mlartifacts"
+    experiment_prefix: str = "hashbench"
+
+
+class ProfileConfig(_Strict):
+    description: str = ""
+
+
+class SuiteConfig(_Strict):
+    """One benchmark unit: a dataset x methods x code lengths x seeds, run as one Ray Tune grid."""
+
+    dataset: str
+    profile: str
+    methods: list[str] = Field(min_length=1)
+    bits: list[int] = Field(min_length=1)
+    seeds: list[int] = Field(min_length=1)
+    protocol: str | None = None
+    train: dict[str, Any] = {}
+    eval: dict[str, Any] = {}
+    method_params: dict[str, dict[str, Any]] = {}
+
+    @field_validator("bits")
+    @classmethod
+    def _bits(cls, v: list[int]) -> list[int]:
+        for b in v:
+            if not isinstance(b, int) or b <= 0 or b % 8:
+                raise ValueError(f"{b!r} is not a positive multiple of 8 (allowed code lengths: 8, 16, 24, 32, ..., e.g. 16/32/64/128)")
+        return v
+
+
+class Params(_Strict):
+    """The whole validated params.yaml (raw per-dataset and per-method blocks validated separately)."""
+
+    datasets: dict[str, dict[str, Any]]
+    methods: dict[str, dict[str, Any]] = {}
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    resources: ResourcesConfig = ResourcesConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    suites: dict[str, SuiteConfig]
+    profiles: dict[str, ProfileConfig] = {"full": ProfileConfig()}
+    source: str = Field(DEFAULT_PARAMS, exclude=True)
+
+    # -- typed accessors ---------------------------------------------------------------------------
+    def dataset_params(self, name: str):
+        """The dataset's validated parameter model."""
+        from pipeline.data.registry import get_dataset
+
+        spec = get_dataset(name)
+        return _validate(spec.Params, self.datasets.get(name) or {}, f"datasets.{name}", self.source)
+
+    def suite(self, name: str) -> SuiteConfig:
+        try:
+            return self.suites[name]
+        except KeyError:
+            raise ConfigError(f"{self.source}: unknown suite {name!r}; defined suites: {', '.join(sorted(self.suites))}") from None
+
+    def suites_of_profile(self, profile: str) -> list[str]:
+        if profile not in self.profiles:
+            raise ConfigError(f"{self.source}: unknown profile {profile!r}; defined profiles: {', '.join(sorted(self.profiles))}")
+        return [n for n, s in self.suites.items() if s.profile == profile]
+
+
+class TrialSpec(_Strict):
+    """Everything one trial needs, fully resolved. Its :meth:`key` identifies the trial for resume."""
+
+    suite: str
+    dataset: str
+    protocol: str
+    method: str
+    bits: int
+    seed: int
+    method_params: dict[str, Any]
+    dataset_params: dict[str, Any]
+    train: TrainConfig
+    eval: EvalConfig
+
+    def resolved_hash(self) -> str:
+        """sha256 over everything that changes the trial's result (not the suite name)."""
+        payload = self.model_dump(mode="json", exclude={"suite"})
+        blob = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    def key(self) -> str:
+        """Human-readable resume key: dataset/method/bits/seed plus the hash of the resolved params."""
+        return f"{self.dataset}/{self.method}/{self.bits}b/s{self.seed}/{self.resolved_hash()[:12]}"
+
+
+# -- loading -----------------------------------------------------------------------------------------
+
+
+def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """Recursive dict merge; values of ``override`` win, nested dicts merge."""
+    out = copy.deepcopy(dict(base))
+    for k, v in override.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def _format_loc(prefix: str, loc: tuple) -> str:
+    out = prefix
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def _validate(model: type[BaseModel], data: Any, prefix: str, source: str):
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc, prefix, source)) from None
+
+
+def _format_errors(exc: ValidationError, prefix: str, source: str) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = _format_loc(prefix, tuple(err["loc"]))
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        shown = "" if err["type"] in ("missing", "extra_forbidden") else f" (got {err.get('input')!r})"
+        lines.append(f"{source}: {loc}: {msg}{shown}")
+    return "\n".join(lines)
+
+
+def load_params(path: str | Path = DEFAULT_PARAMS, overrides: Mapping[str, Any] | None = None) -> Params:
+    """Read, merge ``overrides`` into, and validate a params file; cross-check names against the registries."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: params file not found (run from the project root or pass --params)") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
+    if overrides:
+        raw = deep_merge(raw, overrides)
+    raw = {**raw, "source": str(path)}
+    params = _validate(Params, raw, "", str(path))
+    check_params(params)
+    return params
+
+
+def check_params(params: Params) -> None:
+    """Cross-field checks: every name refers to something registered and compatible."""
+    from methods.registry import available_methods, get_method_class
+    from pipeline.data.registry import available_datasets, get_dataset
+
+    src = params.source
+    known_methods = available_methods()
+    known_datasets = available_datasets()
+    for name in params.datasets:
+        if name not in known_datasets:
+            raise ConfigError(f"{src}: datasets.{name}: unknown dataset {name!r}; available: {', '.join(known_datasets)}")
+        params.dataset_params(name)
+    for name, block in params.methods.items():
+        if name not in known_methods:
+            raise ConfigError(f"{src}: methods.{name}: unknown method {name!r}; available: {', '.join(known_methods)}")
+        method_params(params, name, {})
+    for sname, suite in params.suites.items():
+        where = f"{src}: suites.{sname}"
+        if suite.dataset not in params.datasets:
+            raise ConfigError(f"{where}.dataset: {suite.dataset!r} is not configured under 'datasets'; configured: {', '.join(params.datasets)}")
+        if suite.profile not in params.profiles:
+            raise ConfigError(f"{where}.profile: unknown profile {suite.profile!r}; defined profiles: {', '.join(params.profiles)}")
+        spec = get_dataset(suite.dataset)
+        protocol = suite.protocol or spec.default_protocol
+        if protocol not in spec.protocols:
+            raise ConfigError(f"{where}.protocol: dataset {suite.dataset!r} has no protocol {protocol!r}; available: {', '.join(spec.protocols)}")
+        for i, m in enumerate(suite.methods):
+            if m not in known_methods:
+                raise ConfigError(f"{where}.methods[{i}]: unknown method {m!r}; available: {', '.join(known_methods)}")
+            cls = get_method_class(m)
+            missing = [mod for mod in cls.modalities if mod not in spec.modalities]
+            if missing:
+                raise ConfigError(
+                    f"{where}.methods[{i}]: method {m!r} needs modalities {list(cls.modalities)}, dataset {suite.dataset!r} has {list(spec.modalities)}"
+                )
+        for m in suite.method_params:
+            if m not in suite.methods:
+                raise ConfigError(f"{where}.method_params.{m}: method {m!r} is not in this suite's methods {suite.methods}")
+        for m in suite.methods:
+            trial_train(params, sname, m)
+            method_params(params, m, suite.method_params.get(m, {}), where=f"suites.{sname}.method_params.{m}")
+        _validate(EvalConfig, deep_merge(params.eval.model_dump(), suite.eval), f"suites.{sname}.eval", src)
+
+
+def method_params(params: Params, method: str, override: Mapping[str, Any], where: str | None = None) -> dict[str, Any]:
+    """Validated hyperparameters of ``method`` (global block merged with a suite override), as a dict."""
+    from methods.registry import get_method_class
+
+    cls = get_method_class(method)
+    block = deep_merge(params.methods.get(method) or {}, override)
+    block.pop("train", None)
+    model = _validate(cls.Params, block, where or f"methods.{method}", params.source)
+    return model.model_dump(mode="json")
+
+
+def trial_train(params: Params, suite: str, method: str) -> TrainConfig:
+    """Training settings of one method in one suite: global < method's ``train`` block < suite's ``train``."""
+    merged = params.train.model_dump()
+    merged = deep_merge(merged, (params.methods.get(method) or {}).get("train") or {})
+    merged = deep_merge(merged, params.suites[suite].train)
+    return _validate(TrainConfig, merged, f"suites.{suite}.train (with methods.{method}.train)", params.source)
+
+
+def expand_suite(params: Params, suite_name: str) -> list[TrialSpec]:
+    """The trial grid of a suite: methods x bits x seeds, each fully resolved."""
+    from pipeline.data.registry import get_dataset
+
+    suite = params.suite(suite_name)
+    spec = get_dataset(suite.dataset)
+    protocol = suite.protocol or spec.default_protocol
+    ds_params = params.dataset_params(suite.dataset).model_dump(mode="json")
+    eval_cfg = _validate(EvalConfig, deep_merge(params.eval.model_dump(), suite.eval), f"suites.{suite_name}.eval", params.source)
+    trials = []
+    for method in suite.methods:
+        mp = method_params(params, method, suite.method_params.get(method, {}))
+        train = trial_train(params, suite_name, method)
+        for bits in suite.bits:
+            for seed in suite.seeds:
+                trials.append(
+                    TrialSpec(
+                        suite=suite_name,
+                        dataset=suite.dataset,
+                        protocol=protocol,
+                        method=method,
+                        bits=bits,
+                        seed=seed,
+                        method_params=mp,
+                        dataset_params=ds_params,
+                        train=train,
+                        eval=eval_cfg,
+                    )
+                )
+    return trials
+
+
+def params_hash(path: str | Path = DEFAULT_PARAMS) -> str:
+    """sha256 of the params file's bytes (provenance)."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()

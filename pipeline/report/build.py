@@ -1,0 +1,201 @@
+"""Runs -> tables and plots -> ``reports/``: a self-contained HTML page (no CDN, opens offline),
+``metrics.json`` for ``dvc metrics show`` and P-R curve data for ``dvc plots show``."""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+
+from pipeline.report.collect import ProfileRuns
+
+TEMPLATES = Path(__file__).parent / "templates"
+DIRECTION_TITLES = {"i2t": "image → text", "t2i": "text → image", "i2i": "image → image", "t2t": "text → text"}
+PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
+
+
+@dataclass
+class Table:
+    title: str
+    metric: str
+    columns: list[int]
+    rows: list[dict]  # {"method", "cells": [{"text", "best", "n"}]}
+
+
+def metric_columns(df: pd.DataFrame, direction: str) -> list[str]:
+    """Ranking metrics logged for ``direction`` (``m:<dir>/<metric>``), mAP@all first."""
+    prefix = f"m:{direction}/"
+    names = [c[len(prefix):] for c in df.columns if c.startswith(prefix) and "/index/" not in c and "/random/" not in c]
+
+    def order(n: str):
+        head = n.split("@")[0]
+        rank = ["map", "ndcg", "p", "r"].index(head) if head in ("map", "ndcg", "p", "r") else 9
+        tail = n.split("@")[1] if "@" in n else ""
+        return (rank, tail != "all", len(tail), tail)
+
+    return sorted(names, key=order)
+
+
+def directions_of(df: pd.DataFrame) -> list[str]:
+    seen = []
+    for c in df.columns:
+        if c.startswith("m:") and "/" in c:
+            d = c[2:].split("/")[0]
+            if d in DIRECTION_TITLES and d not in seen:
+                seen.append(d)
+    return seen
+
+
+def summary_table(df: pd.DataFrame, direction: str, metric: str) -> Table:
+    """method x bits, mean ± std over seeds, best mean per column flagged."""
+    col = f"m:{direction}/{metric}"
+    sub = df.dropna(subset=[col])
+    bits = sorted(sub["bits"].unique().tolist())
+    stats = sub.groupby(["method", "bits"])[col].agg(["mean", "std", "count"])
+    best = {b: stats.xs(b, level="bits")["mean"].max() for b in bits}
+    rows = []
+    for method in sorted(sub["method"].unique()):
+        cells = []
+        for b in bits:
+            if (method, b) not in stats.index:
+                cells.append({"text": "–", "best": False, "n": 0})
+                continue
+            s = stats.loc[(method, b)]
+            std = 0.0 if (isinstance(s["std"], float) and math.isnan(s["std"])) else float(s["std"])
+            cells.append({"text": f"{s['mean']:.4f} ± {std:.4f}", "best": bool(np.isclose(s["mean"], best[b])), "n": int(s["count"])})
+        rows.append({"method": method, "cells": cells})
+    return Table(title=f"{DIRECTION_TITLES.get(direction, direction)}: {metric}", metric=metric, columns=bits, rows=rows)
+
+
+def pr_svg(curves: list[tuple[str, np.ndarray, np.ndarray]], width: int = 360, height: int = 260) -> str:
+    """A small inline SVG of precision (y) against recall (x), one polyline per series."""
+    pad = 36
+    w, h = width - 2 * pad, height - 2 * pad
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img">']
+    parts.append(f'<rect x="{pad}" y="{pad}" width="{w}" height="{h}" fill="none" stroke="#999"/>')
+    for t in (0.0, 0.5, 1.0):
+        parts.append(f'<text x="{pad + t * w:.1f}" y="{height - 10}" font-size="10" text-anchor="middle">{t:.1f}</text>')
+        parts.append(f'<text x="{pad - 6}" y="{pad + (1 - t) * h + 3:.1f}" font-size="10" text-anchor="end">{t:.1f}</text>')
+    parts.append(f'<text x="{pad + w / 2}" y="{height - 1}" font-size="10" text-anchor="middle">recall</text>')
+    parts.append(f'<text x="10" y="{pad + h / 2}" font-size="10" transform="rotate(-90 10 {pad + h / 2})" text-anchor="middle">precision</text>')
+    for i, (label, recall, precision) in enumerate(curves):
+        color = PALETTE[i % len(PALETTE)]
+        pts = " ".join(f"{pad + float(r) * w:.1f},{pad + (1 - float(p)) * h:.1f}" for r, p in zip(recall, precision) if np.isfinite(p))
+        parts.append(f'<polyline fill="none" stroke="{color}" stroke-width="1.5" points="{pts}"/>')
+        parts.append(f'<text x="{pad + w - 4}" y="{pad + 12 + 12 * i}" font-size="10" text-anchor="end" fill="{color}">{html.escape(label)}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def mean_curves(runs: ProfileRuns, sub: pd.DataFrame, direction: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{"method bits": (recall, precision)} averaged over seeds (curves share the radius axis)."""
+    out = {}
+    for (method, bits), g in sub.groupby(["method", "bits"]):
+        rs, ps = [], []
+        for run_id in g["run_id"]:
+            c = runs.curves.get(run_id, {}).get(direction)
+            if c:
+                rs.append(np.asarray(c["recall"], dtype=float))
+                ps.append(np.asarray(c["precision"], dtype=float))
+        if rs and all(len(r) == len(rs[0]) for r in rs):
+            out[f"{method} {bits}b"] = (np.mean(rs, axis=0), np.nanmean(ps, axis=0))
+    return out
+
+
+def build_report(runs: ProfileRuns, out_dir: Path, *, title: str, notes: dict[str, str]) -> Path:
+    """Write index.html, metrics.json and plots/*.json under ``out_dir``; return the HTML path."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "plots").mkdir(exist_ok=True)
+    df = runs.runs
+    sections, metrics_json = [], {}
+    if not df.empty:
+        for (suite, dataset), g in df.groupby(["suite", "dataset"], sort=True):
+            section = {"suite": suite, "dataset": dataset, "directions": [], "n_runs": len(g)}
+            metrics_json[suite] = {}
+            for d in directions_of(g):
+                names = metric_columns(g, d)
+                tables = [summary_table(g, d, m) for m in names]
+                curves = mean_curves(runs, g, d)
+                plot_rows = [
+                    {"series": label, "recall": float(r), "precision": float(p)}
+                    for label, (rec, prec) in curves.items()
+                    for r, p in zip(rec, prec)
+                    if np.isfinite(p)
+                ]
+                plot_file = out_dir / "plots" / f"pr_{suite}_{d}.json"
+                plot_file.write_text(json.dumps(plot_rows, indent=0))
+                index_cols = sorted(c for c in g.columns if c.startswith(f"m:{d}/index/"))
+                index_rows = []
+                for (method, bits), gg in g.groupby(["method", "bits"]):
+                    row = {"method": method, "bits": bits}
+                    for c in index_cols:
+                        row[c.split("/index/")[1]] = float(gg[c].mean())
+                    index_rows.append(row)
+                random_col = f"m:{d}/random/map@all"
+                random_ref = float(g[random_col].mean()) if random_col in g else None
+                section["directions"].append(
+                    {
+                        "name": d,
+                        "title": DIRECTION_TITLES.get(d, d),
+                        "tables": tables,
+                        "svg": pr_svg([(k, v[0], v[1]) for k, v in curves.items()]) if curves else "",
+                        "index_rows": index_rows,
+                        "index_cols": [c.split("/index/")[1] for c in index_cols],
+                        "random_map": random_ref,
+                    }
+                )
+                for t in tables:
+                    for row in t.rows:
+                        for b, cell in zip(t.columns, row["cells"]):
+                            if cell["n"]:
+                                mean = float(g[(g.method == row["method"]) & (g.bits == b)][f"m:{d}/{t.metric}"].mean())
+                                metrics_json[suite].setdefault(row["method"], {}).setdefault(f"{b}bits", {}).setdefault(d, {})[t.metric] = round(mean, 6)
+            section["overhead"] = _overhead(g)
+            section["provenance"] = {
+                "commits": sorted(set(g["git_commit"].dropna())),
+                "dirty": sorted(set(g["git_dirty"].dropna())),
+                "devices": sorted(set(g["device"].dropna())),
+                "manifests": sorted(set(g["manifest"].dropna())),
+                "ties": sorted(set(g["ties"].dropna())),
+                "ap_norm": sorted(set(g["ap_norm"].dropna())),
+            }
+            sections.append(section)
+    env = _environment()
+    context = {"title": title, "sections": sections, "runs": runs, "notes": notes}
+    _write_atomic(out_dir / "_body.html", env.get_template("body.html.j2").render(**context))
+    html_path = out_dir / "index.html"
+    _write_atomic(html_path, env.get_template("page.html.j2").render(**context))
+    (out_dir / "metrics.json").write_text(json.dumps(metrics_json, indent=2, sort_keys=True) + "\n")
+    return html_path
+
+
+def _environment() -> Environment:
+    return Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html", "j2"]))
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.part")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def build_landing(reports: Path, profiles: list[str]) -> Path:
+    """``reports/index.html``: every profile's report body that exists, on one self-contained page."""
+    bodies = [(reports / p / "_body.html").read_text() for p in profiles if (reports / p / "_body.html").is_file()]
+    page = _environment().get_template("page.html.j2").render(title="HashBench reports", profiles=bodies)
+    reports.mkdir(parents=True, exist_ok=True)
+    _write_atomic(reports / "index.html", page)
+    return reports / "index.html"
+
+
+def _overhead(g: pd.DataFrame) -> dict[str, float] | None:
+    cols = ["m:trial_wall_seconds", "m:train_seconds", "m:eval_seconds", "m:overhead_seconds"]
+    if not all(c in g for c in cols):
+        return None
+    return {c[2:]: float(g[c].mean()) for c in cols}

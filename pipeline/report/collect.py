@@ -1,0 +1,86 @@
+"""Read the runs of a profile back from MLflow into pandas.
+
+The bench summaries (``results/bench/<profile>/<suite>.json``) say which run holds each *current*
+trial, so runs of superseded hyperparameters never leak into a report.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from pipeline import tracking
+from pipeline.errors import HashBenchError
+
+
+@dataclass
+class ProfileRuns:
+    profile: str
+    runs: pd.DataFrame  # one row per trial: suite, dataset, method, bits, seed, run_id, tags..., metric columns
+    curves: dict[str, dict]  # run_id -> {direction: {"radius", "precision", "recall"}}
+    missing_suites: list[str]
+
+
+def load_summaries(bench_dir: Path, suites: list[str]) -> tuple[dict[str, dict], list[str]]:
+    found, missing = {}, []
+    for suite in suites:
+        path = bench_dir / f"{suite}.json"
+        if path.is_file():
+            found[suite] = json.loads(path.read_text())
+        else:
+            missing.append(suite)
+    return found, missing
+
+
+def collect_runs(uri: str, bench_dir: Path, suites: list[str], profile: str) -> ProfileRuns:
+    """A DataFrame of every finished trial of ``suites`` with its final metrics and provenance tags."""
+    summaries, missing = load_summaries(bench_dir, suites)
+    c = tracking.client(uri)
+    rows, curves = [], {}
+    for suite, summary in summaries.items():
+        for key, trial in summary["trials"].items():
+            run_id = trial.get("run_id")
+            if trial.get("status") != "finished" or not run_id:
+                continue
+            try:
+                run = c.get_run(run_id)
+            except Exception as exc:  # noqa: BLE001
+                raise HashBenchError(
+                    f"{bench_dir / (suite + '.json')}: run {run_id} of trial {key} is not in the MLflow store {uri} ({exc}); "
+                    "was the store moved? rerun `hashbench bench --suite " + suite + "`"
+                ) from None
+            tags = run.data.tags
+            row = {
+                "suite": suite,
+                "trial_key": key,
+                "run_id": run_id,
+                "dataset": tags.get("hashbench.dataset"),
+                "method": tags.get("hashbench.method"),
+                "bits": int(tags.get("hashbench.bits", trial["bits"])),
+                "seed": int(tags.get("hashbench.seed", trial["seed"])),
+                "ties": tags.get("eval.ties"),
+                "ap_norm": tags.get("eval.ap_norm"),
+                "git_commit": tags.get("git.commit"),
+                "git_dirty": tags.get("git.dirty"),
+                "device": tags.get("device"),
+                "manifest": tags.get("data.manifest_sha256"),
+            }
+            row.update({f"m:{k.replace('_at_', '@')}": v for k, v in run.data.metrics.items()})
+            rows.append(row)
+            curves[run_id] = _load_curves(c, run_id)
+    df = pd.DataFrame(rows)
+    return ProfileRuns(profile=profile, runs=df, curves=curves, missing_suites=missing)
+
+
+def _load_curves(c, run_id: str) -> dict:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = c.download_artifacts(run_id, "pr_curves.json", tmp)
+        except Exception:  # noqa: BLE001 - a run without curves still reports its numbers
+            return {}
+        return json.loads(Path(path).read_text())

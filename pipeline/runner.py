@@ -1,0 +1,262 @@
+"""``bench``: run a suite's trial grid on Ray Tune, each trial a Ray Train ``TorchTrainer``.
+
+Flow of one suite:
+
+1. expand the suite into fully resolved :class:`~pipeline.config.TrialSpec` objects;
+2. drop every trial whose key already has a FINISHED MLflow run (resume: a finished trial is never
+   run again, and a changed hyperparameter changes the key of that method's trials only);
+3. run the rest as one Ray Tune grid. Each Tune trial (the *driver*) creates the MLflow run, starts a
+   ``TorchTrainer`` with the ``ScalingConfig`` from ``resources``, whose workers run
+   :func:`pipeline.train_loop.run_trial` and log per-epoch losses and the final metrics to that run;
+   the driver then logs the artifacts, the per-trial overhead of Ray + MLflow, and marks the run
+   FINISHED. A failing trial is marked FAILED with its error and the others go on;
+4. write ``results/bench/<profile>/<suite>.json`` (the DVC output): every trial key with its run id.
+   If any trial failed, the command exits non-zero *after* the finished ones are safely recorded,
+   so a rerun retries only the failed ones.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline import tracking
+from pipeline.config import Params, TrialSpec, expand_suite, params_hash
+from pipeline.data.formats import PreparedDataset
+from pipeline.errors import HashBenchError, TrainingError
+from pipeline.paths import ProjectPaths
+
+log = logging.getLogger(__name__)
+
+# Ray Train V2 (the default in recent Ray) and no usage-stats phone-home on offline machines.
+os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
+
+
+@dataclass
+class BenchSummary:
+    suite: str
+    profile: str
+    experiment_id: str
+    tracking_uri: str
+    trials: dict[str, dict[str, Any]] = field(default_factory=dict)
+    skipped: int = 0
+    ran: int = 0
+    failed: list[str] = field(default_factory=list)
+    wall_seconds: float = 0.0
+
+
+# -- the Ray side ------------------------------------------------------------------------------------
+
+
+class _RayObserver:
+    """Per-epoch metrics: to Ray Train (forwarded to Tune) and, on rank 0, to the MLflow run."""
+
+    def __init__(self, uri: str, run_id: str, rank: int):
+        self.uri, self.run_id, self.rank = uri, run_id, rank
+
+    def on_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
+        import ray.train
+
+        if self.rank == 0:
+            tracking.log_metrics(self.uri, self.run_id, metrics, step=epoch)
+        ray.train.report({"epoch": epoch, **{k.replace("/", "."): v for k, v in metrics.items()}})
+
+
+def _worker_loop(config: dict) -> None:
+    """Runs on every Ray Train worker."""
+    import pickle
+    import tempfile
+
+    import ray.train
+    import torch
+
+    from pipeline.train_loop import run_trial
+
+    spec = TrialSpec.model_validate(config["spec"])
+    ctx = ray.train.get_context()
+    rank = ctx.get_world_rank()
+    device = None
+    if config["use_gpu"]:
+        import ray.train.torch
+
+        device = str(ray.train.torch.get_device())
+    torch.set_num_threads(max(1, int(config["cpus_per_worker"])))
+    observer = _RayObserver(config["tracking_uri"], config["run_id"], rank)
+    outcome = run_trial(spec, Path(config["prepared_dir"]), observer, device=device)
+    if rank == 0:
+        final = outcome.evaluation.flat_metrics()
+        final.update(train_seconds=outcome.train_seconds, eval_seconds=outcome.eval_seconds, n_parameters=outcome.n_parameters)
+        tracking.log_metrics(config["tracking_uri"], config["run_id"], final, step=spec.train.epochs)
+        tracking.client(config["tracking_uri"]).set_tag(config["run_id"], "device", outcome.device)
+        tracking.log_outcome_artifacts(config["tracking_uri"], config["run_id"], outcome)
+        with open(config["outcome_file"], "wb") as f:
+            pickle.dump({"train_seconds": outcome.train_seconds, "eval_seconds": outcome.eval_seconds, "metrics": final}, f)
+    ray.train.report({"done": 1.0, "epoch": spec.train.epochs})
+
+
+def _trial_driver(config: dict) -> None:
+    """One Ray Tune trial: create the MLflow run, run the TorchTrainer, close the run."""
+    import pickle
+    import tempfile
+
+    from ray import tune
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    t0 = time.perf_counter()
+    spec = TrialSpec.model_validate(config["spec"])
+    uri = config["tracking_uri"]
+    run_id = tracking.start_trial_run(uri, config["experiment_id"], spec, config["provenance"])
+    res = config["resources"]
+    worker_resources = {"CPU": res["cpus_per_worker"]}
+    if config["use_gpu"]:
+        worker_resources["GPU"] = res["gpus_per_worker"]
+    with tempfile.TemporaryDirectory() as tmp:
+        outcome_file = str(Path(tmp) / "outcome.pkl")
+        trainer = TorchTrainer(
+            _worker_loop,
+            train_loop_config={**config, "run_id": run_id, "outcome_file": outcome_file},
+            scaling_config=ScalingConfig(num_workers=res["num_workers"], use_gpu=config["use_gpu"], resources_per_worker=worker_resources),
+            run_config=RunConfig(name=_safe(spec.key()), storage_path=config["storage_path"], callbacks=[TuneReportCallback()]),
+        )
+        try:
+            trainer.fit()
+            with open(outcome_file, "rb") as f:
+                outcome = pickle.load(f)
+        except BaseException as exc:  # noqa: BLE001 - recorded, then re-raised for Tune
+            tracking.end_run(uri, run_id, "FAILED", error=f"{type(exc).__name__}: {exc}")
+            raise
+    wall = time.perf_counter() - t0
+    inner = outcome["train_seconds"] + outcome["eval_seconds"]
+    tracking.log_metrics(uri, run_id, {"trial_wall_seconds": wall, "overhead_seconds": wall - inner}, step=spec.train.epochs)
+    tracking.end_run(uri, run_id, "FINISHED")
+    tune.report({"run_id_hash": float(int(run_id[:8], 16)), "trial_wall_seconds": wall, **{k.replace("/", "."): v for k, v in outcome["metrics"].items()}})
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+
+
+def _init_ray(address: str | None) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    if address:
+        ray.init(address=address, log_to_driver=True)
+    else:
+        ray.init(include_dashboard=False, log_to_driver=True, configure_logging=True, logging_level=logging.WARNING)
+
+
+def _run_grid(pending: list[TrialSpec], params: Params, paths: ProjectPaths, common: dict[str, Any], suite: str) -> dict[str, str | None]:
+    """Run ``pending`` trials as one Tune grid; {trial key: error message or None}."""
+    import ray
+    from ray import tune
+
+    _init_ray(params.resources.ray_address)
+    res = params.resources
+    use_gpu = res.use_gpu
+    if use_gpu == "auto":
+        use_gpu = ray.cluster_resources().get("GPU", 0) > 0
+    config = {
+        **common,
+        "use_gpu": bool(use_gpu),
+        "resources": res.model_dump(),
+        "cpus_per_worker": res.cpus_per_worker,
+        "storage_path": str(paths.ray_storage / "train"),
+    }
+    space = {**config, "spec": tune.grid_search([t.model_dump(mode="json") for t in pending])}
+    tuner = tune.Tuner(
+        tune.with_resources(_trial_driver, {"CPU": 0.01}),
+        param_space=space,
+        tune_config=tune.TuneConfig(
+            max_concurrent_trials=res.max_concurrent_trials,
+            trial_name_creator=lambda t: _safe(f"{t.config['spec']['method']}-{t.config['spec']['bits']}b-s{t.config['spec']['seed']}"),
+            trial_dirname_creator=lambda t: _safe(f"{t.config['spec']['method']}-{t.config['spec']['bits']}b-s{t.config['spec']['seed']}-{t.trial_id}"),
+        ),
+        run_config=tune.RunConfig(name=_safe(suite), storage_path=str(paths.ray_storage / "tune"), verbose=1),
+    )
+    results = tuner.fit()
+    out: dict[str, str | None] = {}
+    for r in results:
+        key = TrialSpec.model_validate(r.config["spec"]).key()
+        out[key] = None if r.error is None else f"{type(r.error).__name__}: {r.error}"
+    return out
+
+
+# -- the entry point -------------------------------------------------------------------------------------
+
+
+def run_bench(params: Params, suite_name: str, paths: ProjectPaths, *, params_file: Path, dry_run: bool = False) -> BenchSummary:
+    """Run (or resume) one suite and write its summary file; raise if any trial failed."""
+    t0 = time.perf_counter()
+    suite = params.suite(suite_name)
+    trials = expand_suite(params, suite_name)
+    prepared_dir = paths.prepared(suite.dataset)
+    dataset = PreparedDataset(prepared_dir)
+    uri = tracking.tracking_uri(params.tracking, paths)
+    exp_name = tracking.experiment_name(params.tracking, suite_name)
+    exp_id = tracking.ensure_experiment(uri, exp_name, tracking.artifact_location(params.tracking, paths, exp_name))
+    done = tracking.finished_trials(uri, exp_id)
+    pending = [t for t in trials if t.key() not in done]
+    summary = BenchSummary(suite=suite_name, profile=suite.profile, experiment_id=exp_id, tracking_uri=uri, skipped=len(trials) - len(pending))
+    log.info("suite %s: %d trials, %d already finished, %d to run", suite_name, len(trials), summary.skipped, len(pending))
+    errors: dict[str, str | None] = {}
+    if pending and not dry_run:
+        common = {
+            "tracking_uri": uri,
+            "experiment_id": exp_id,
+            "prepared_dir": str(prepared_dir),
+            "provenance": tracking.provenance_tags(paths, params_file, params_hash(params_file), dataset.manifest_sha256),
+        }
+        errors = _run_grid(pending, params, paths, common, suite_name)
+        summary.ran = len(pending)
+    done = tracking.finished_trials(uri, exp_id)
+    for t in trials:
+        key = t.key()
+        status = "finished" if key in done else ("failed" if errors.get(key) else "pending")
+        summary.trials[key] = {"method": t.method, "bits": t.bits, "seed": t.seed, "run_id": done.get(key), "status": status, "error": errors.get(key)}
+        if status != "finished" and not dry_run:
+            summary.failed.append(key)
+    summary.wall_seconds = time.perf_counter() - t0
+    if not dry_run:
+        _write_summary(paths.bench_result(suite.profile, suite_name), summary, dataset.manifest_sha256)
+    if summary.failed:
+        lines = "\n".join(f"  {k}: {summary.trials[k]['error'] or 'did not finish'}" for k in summary.failed)
+        raise TrainingError(
+            f"suite {suite_name}: {len(summary.failed)} of {len(trials)} trials did not finish (the others are saved; rerun to retry):\n{lines}"
+        )
+    return summary
+
+
+def _write_summary(path: Path, summary: BenchSummary, manifest_sha256: str) -> None:
+    """The DVC output of a bench stage: which run holds each trial (no timings, so it is stable)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    body = {
+        "suite": summary.suite,
+        "profile": summary.profile,
+        "experiment_id": summary.experiment_id,
+        "data_manifest_sha256": manifest_sha256,
+        "trials": summary.trials,
+    }
+    tmp = path.with_suffix(".json.part")
+    tmp.write_text(json.dumps(body, indent=2, sort_keys=True) + "\n")
+    tmp.replace(path)
+    incomplete = path.with_suffix(".incomplete.json")
+    if summary.failed:
+        # keep the partial record for humans but do not let DVC mistake it for a complete output
+        path.replace(incomplete)
+    elif incomplete.exists():
+        incomplete.unlink()
+
+
+__all__ = ["BenchSummary", "run_bench", "HashBenchError"]

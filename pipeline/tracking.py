@@ -1,0 +1,229 @@
+"""MLflow conventions: one experiment per suite, one run per trial, provenance tags on every run.
+
+The store is the embedded sqlite database ``mlruns.db`` in the project (git-ignored) with artifacts
+under ``mlartifacts/``, unless ``tracking.mlflow_uri`` is set; the environment variable
+``MLFLOW_TRACKING_URI`` overrides both. Runs are written with :class:`mlflow.MlflowClient` and explicit
+run ids (no global active run), so several Ray workers can log at once.
+
+A trial is *finished* when its run has status FINISHED and the tag ``hashbench.trial_key``; ``bench``
+skips those keys, which is the whole resume mechanism.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import subprocess
+import tempfile
+from dataclasses import asdict
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Mapping
+
+from pipeline.config import TrackingConfig, TrialSpec
+from pipeline.paths import ProjectPaths
+
+log = logging.getLogger(__name__)
+
+TAG_KEY = "hashbench.trial_key"
+PACKAGES = ("hashbench", "torch", "numpy", "ray", "mlflow", "faiss-cpu", "faiss-gpu", "pandas", "pydantic", "dvc")
+
+
+def tracking_uri(cfg: TrackingConfig, paths: ProjectPaths) -> str:
+    """MLFLOW_TRACKING_URI, else ``tracking.mlflow_uri``, else the project's sqlite store."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or cfg.mlflow_uri or f"sqlite:///{paths.mlflow_db}"
+
+
+def artifact_location(cfg: TrackingConfig, paths: ProjectPaths, experiment: str) -> str | None:
+    """Artifact folder of a new experiment: inside the project for the embedded store."""
+    if os.environ.get("MLFLOW_TRACKING_URI") or cfg.mlflow_uri:
+        return None
+    root = Path(cfg.artifact_root)
+    if not root.is_absolute():
+        root = paths.root / root
+    return (root / experiment.replace("/", "_")).as_uri()
+
+
+def experiment_name(cfg: TrackingConfig, suite: str) -> str:
+    return f"{cfg.experiment_prefix}/{suite}"
+
+
+def client(uri: str):
+    import mlflow
+
+    return mlflow.MlflowClient(tracking_uri=uri)
+
+
+def ensure_experiment(uri: str, name: str, artifacts: str | None) -> str:
+    c = client(uri)
+    exp = c.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    try:
+        return c.create_experiment(name, artifact_location=artifacts)
+    except Exception:  # created concurrently by another process
+        exp = c.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def finished_trials(uri: str, experiment_id: str) -> dict[str, str]:
+    """{trial key: run id} of the FINISHED runs of an experiment (newest run wins)."""
+    c = client(uri)
+    out: dict[str, str] = {}
+    token = None
+    while True:
+        page = c.search_runs(
+            [experiment_id],
+            filter_string="attributes.status = 'FINISHED'",
+            order_by=["attributes.start_time ASC"],
+            max_results=1000,
+            page_token=token,
+        )
+        for run in page:
+            key = run.data.tags.get(TAG_KEY)
+            if key:
+                out[key] = run.info.run_id
+        token = page.token
+        if not token:
+            return out
+
+
+# -- provenance ----------------------------------------------------------------------------------
+
+
+def _git(args: list[str], cwd: Path) -> str | None:
+    try:
+        return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True, timeout=20).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def package_versions() -> dict[str, str]:
+    out = {}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    out["python"] = platform.python_version()
+    return out
+
+
+def provenance_tags(paths: ProjectPaths, params_file: Path, params_sha256: str, manifest_sha256: str) -> dict[str, str]:
+    """Tags that say exactly what produced a run (the device is added by the worker)."""
+    commit = _git(["rev-parse", "HEAD"], paths.root)
+    status = _git(["status", "--porcelain", "--untracked-files=no"], paths.root)
+    tags = {
+        "git.commit": commit or "unknown",
+        "git.dirty": "unknown" if status is None else str(bool(status)).lower(),
+        "hashbench.params_file": str(params_file),
+        "hashbench.params_sha256": params_sha256,
+        "data.manifest_sha256": manifest_sha256,
+        "host": platform.node(),
+    }
+    tags.update({f"version.{k}": v for k, v in package_versions().items()})
+    return tags
+
+
+def _flatten(prefix: str, value: Any, out: dict[str, str]) -> None:
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            _flatten(f"{prefix}.{k}" if prefix else str(k), v, out)
+    else:
+        out[prefix] = json.dumps(value) if isinstance(value, (list, tuple)) else str(value)
+
+
+def trial_params(spec: TrialSpec) -> dict[str, str]:
+    """Every resolved setting of a trial, flattened to ``section.key`` strings."""
+    out: dict[str, str] = {}
+    dumped = spec.model_dump(mode="json")
+    for section in ("method_params", "dataset_params", "train", "eval"):
+        _flatten(section, dumped[section], out)
+    for k in ("suite", "dataset", "protocol", "method", "bits", "seed"):
+        out[k] = str(dumped[k])
+    return out
+
+
+def trial_tags(spec: TrialSpec, provenance: Mapping[str, str]) -> dict[str, str]:
+    return {
+        TAG_KEY: spec.key(),
+        "hashbench.resolved_sha256": spec.resolved_hash(),
+        "hashbench.suite": spec.suite,
+        "hashbench.dataset": spec.dataset,
+        "hashbench.method": spec.method,
+        "hashbench.bits": str(spec.bits),
+        "hashbench.seed": str(spec.seed),
+        "eval.ties": spec.eval.ties,
+        "eval.ap_norm": spec.eval.ap_norm,
+        "mlflow.runName": f"{spec.method}-{spec.bits}b-s{spec.seed}",
+        **provenance,
+    }
+
+
+def start_trial_run(uri: str, experiment_id: str, spec: TrialSpec, provenance: Mapping[str, str]) -> str:
+    """Create the run of a trial (status RUNNING) with its params and tags; return the run id."""
+    import mlflow.entities
+
+    c = client(uri)
+    run = c.create_run(experiment_id, tags=trial_tags(spec, provenance), run_name=f"{spec.method}-{spec.bits}b-s{spec.seed}")
+    params = [mlflow.entities.Param(k, v[:6000]) for k, v in trial_params(spec).items()]
+    for i in range(0, len(params), 100):
+        c.log_batch(run.info.run_id, params=params[i : i + 100])
+    return run.info.run_id
+
+
+def log_metrics(uri: str, run_id: str, metrics: Mapping[str, float], step: int | None = None) -> None:
+    import time
+
+    import mlflow.entities
+
+    ts = int(time.time() * 1000)
+    items = [mlflow.entities.Metric(_metric_name(k), float(v), ts, step or 0) for k, v in metrics.items()]
+    c = client(uri)
+    for i in range(0, len(items), 500):
+        c.log_batch(run_id, metrics=items[i : i + 500])
+
+
+def _metric_name(name: str) -> str:
+    # MLflow allows alphanumerics, _ - . space : / ; '@' is not allowed everywhere, so spell it out.
+    return name.replace("@", "_at_")
+
+
+def log_outcome_artifacts(uri: str, run_id: str, outcome) -> None:
+    """Codes, P-R curves, per-epoch history and the full evaluation as artifacts of the run."""
+    import numpy as np
+
+    c = client(uri)
+    ev = outcome.evaluation
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        arrays = {f"{part}_{mod}": codes for part, mods in ev.packed.items() for mod, codes in mods.items()}
+        np.savez_compressed(tmp / "codes.npz", **arrays)
+        curves = {
+            name: {k: np.asarray(v).tolist() for k, v in d.metrics.pr_curve.items()} for name, d in ev.directions.items()
+        }
+        (tmp / "pr_curves.json").write_text(json.dumps(curves))
+        (tmp / "history.json").write_text(json.dumps(outcome.history, indent=1))
+        evaluation = {
+            "conventions": ev.conventions,
+            "directions": {
+                name: {"metrics": d.metrics.values, "index": [asdict(s) for s in d.index]} for name, d in ev.directions.items()
+            },
+            "train_seconds": outcome.train_seconds,
+            "eval_seconds": outcome.eval_seconds,
+            "device": outcome.device,
+        }
+        (tmp / "evaluation.json").write_text(json.dumps(evaluation, indent=1, default=float))
+        for f in ("codes.npz", "pr_curves.json", "history.json", "evaluation.json"):
+            c.log_artifact(run_id, str(tmp / f))
+
+
+def end_run(uri: str, run_id: str, status: str, error: str | None = None) -> None:
+    c = client(uri)
+    if error:
+        c.set_tag(run_id, "hashbench.error", error[:5000])
+    c.set_terminated(run_id, status=status)

@@ -1,0 +1,199 @@
+"""The per-trial loop, written once for every method: seeds, data, method hooks, evaluation.
+
+:func:`run_trial` knows nothing of Ray or MLflow: it takes a :class:`TrialSpec`, the prepared
+dataset folder and a :class:`TrialObserver` (which the Ray worker implements with ``ray.train.report``
+and MLflow), so it can be tested and profiled on its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from methods.base import TrainData
+from methods.registry import create_method, get_method_class
+from pipeline.config import OptimizerConfig, TrialSpec
+from pipeline.data.formats import PreparedDataset
+from pipeline.data.loaders import SplitData
+from pipeline.errors import MethodError, TrainingError
+from pipeline.evaluate import EvaluationResult, evaluate_codes, retrieval_directions
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto``: CUDA when present, else CPU. An explicit ``cuda`` without a GPU is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise TrainingError(f"train.device is {name!r} but no CUDA device is available; use 'auto' or 'cpu'")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (the trial seed varies the model only, never the split)."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def optimizer_factory(cfg: OptimizerConfig):
+    """A function building the configured optimizer over a parameter iterable."""
+
+    def make(parameters):
+        parameters = [p for p in parameters if p.requires_grad]
+        if cfg.name == "adam":
+            return torch.optim.Adam(parameters, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        if cfg.name == "adamw":
+            return torch.optim.AdamW(parameters, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(parameters, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+    return make
+
+
+class TrialObserver:
+    """Receives progress from :func:`run_trial`. The default does nothing."""
+
+    def on_epoch(self, epoch: int, metrics: dict[str, float]) -> None:  # noqa: D401
+        pass
+
+
+@dataclass
+class TrialOutcome:
+    """What a finished trial produced."""
+
+    evaluation: EvaluationResult
+    history: list[dict[str, float]]
+    train_seconds: float
+    eval_seconds: float
+    device: str
+    n_parameters: int
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+def _distributed_world() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def _average_gradients(module: torch.nn.Module, world: int) -> None:
+    for p in module.parameters():
+        if p.grad is not None:
+            torch.distributed.all_reduce(p.grad, op=torch.distributed.ReduceOp.SUM)
+            p.grad /= world
+
+
+def run_trial(spec: TrialSpec, prepared_dir: Path, observer: TrialObserver | None = None, device: str | None = None) -> TrialOutcome:
+    """Train ``spec.method`` on the prepared dataset, then encode and evaluate every direction."""
+    observer = observer or TrialObserver()
+    dev = resolve_device(device or spec.train.device)
+    rank, world = _distributed_world()
+    cls = get_method_class(spec.method)
+    if world > 1 and not getattr(cls, "supports_distributed", False):
+        raise MethodError(
+            f"method {spec.method!r} keeps whole-training-set state (alternating/closed-form updates) and does not "
+            f"support {world} data-parallel workers; set resources.num_workers: 1"
+        )
+    seed_everything(spec.seed)
+    ds = PreparedDataset(prepared_dir)
+    data = SplitData(ds, spec.protocol, cls.modalities)
+    info = ds.info(spec.protocol)
+    method = create_method(spec.method, spec.method_params, info, spec.bits).to(dev)
+    n_params = sum(p.numel() for p in method.parameters())
+    opts = method.configure_optimizers(optimizer_factory(spec.train.optimizer))
+    bs = spec.train.batch_size
+    rng = np.random.default_rng(spec.seed)
+    train_data = TrainData(
+        labels=torch.from_numpy(data.train.labels).to(dev),
+        info=info,
+        batches=lambda: data.train.batches(bs, shuffle=False, device=dev),
+    )
+
+    t0 = time.perf_counter()
+    method.on_train_start(train_data)
+    history: list[dict[str, float]] = []
+    for epoch in range(spec.train.epochs):
+        te = time.perf_counter()
+        sums: dict[str, float] = defaultdict(float)
+        counts: dict[str, int] = defaultdict(int)
+        for phase in method.phases(epoch):
+            if phase not in opts:
+                raise MethodError(f"method {spec.method!r} returned phase {phase!r} without an optimizer (has {sorted(opts)})")
+            opt = opts[phase]
+            order = rng.permutation(len(data.train))
+            if world > 1:
+                order = order[rank::world]
+            method.train()
+            for start in range(0, len(order), bs):
+                batch = data.train.batch(order[start : start + bs], device=dev)
+                losses = method.training_step(batch, phase)
+                total = losses["loss"]
+                if not torch.isfinite(total):
+                    raise TrainingError(
+                        f"{spec.key()}: non-finite loss in epoch {epoch}, phase {phase!r}: "
+                        + ", ".join(f"{k}={float(v):.4g}" for k, v in losses.items())
+                    )
+                opt.zero_grad(set_to_none=True)
+                total.backward()
+                if world > 1:
+                    _average_gradients(method, world)
+                if spec.train.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(method.parameters(), spec.train.grad_clip)
+                opt.step()
+                for name, value in losses.items():
+                    key = f"loss/{phase}/{name}"
+                    sums[key] += float(value.detach())
+                    counts[key] += 1
+        with torch.no_grad():
+            extra = method.on_epoch_end(epoch, train_data) or {}
+        metrics = {k: sums[k] / counts[k] for k in sums}
+        metrics.update({f"epoch/{k}": float(v) for k, v in extra.items()})
+        metrics["epoch_seconds"] = time.perf_counter() - te
+        bad = [k for k, v in metrics.items() if not math.isfinite(v)]
+        if bad:
+            raise TrainingError(f"{spec.key()}: non-finite values after epoch {epoch}: {bad}")
+        history.append({"epoch": epoch, **metrics})
+        observer.on_epoch(epoch, metrics)
+    train_seconds = time.perf_counter() - t0
+
+    t1 = time.perf_counter()
+    method.eval()
+    codes = encode_parts(method, data, bs, dev)
+    evaluation = evaluate_codes(
+        codes,
+        query_labels=data.query.labels,
+        db_labels=data.database.labels,
+        directions=retrieval_directions(cls.modalities),
+        cfg=spec.eval,
+    )
+    eval_seconds = time.perf_counter() - t1
+    return TrialOutcome(
+        evaluation=evaluation,
+        history=history,
+        train_seconds=train_seconds,
+        eval_seconds=eval_seconds,
+        device=str(dev),
+        n_parameters=n_params,
+    )
+
+
+@torch.no_grad()
+def encode_parts(method, data: SplitData, batch_size: int, device) -> dict[str, dict[str, np.ndarray]]:
+    """Real-valued codes {part: {modality: (N, bits)}} of the query and database parts."""
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for part_name, part in (("query", data.query), ("database", data.database)):
+        out[part_name] = {}
+        for modality in data.modalities:
+            chunks = [method.encode(batch, modality).float().cpu().numpy() for batch in part.batches(batch_size, device=device)]
+            out[part_name][modality] = np.concatenate(chunks)
+    return out

@@ -1,0 +1,109 @@
+"""params.yaml validation: good files load, bad ones fail with the key, the value and what is allowed."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from pipeline.config import expand_suite, load_params
+from pipeline.errors import ConfigError
+from tests.conftest import REPO, write_params
+
+
+def test_repository_params_load():
+    params = load_params(REPO / "params.yaml")
+    assert set(params.suites_of_profile("demo")) == {"demo-wikipedia", "demo-digits"}
+    assert params.train.device == "auto"
+    trials = expand_suite(params, "demo-wikipedia")
+    assert len(trials) == 1 * 2 * 2
+    assert {t.method for t in trials} == {"dcmh"}
+    assert all(t.train.epochs == 30 for t in trials)  # suite override applied
+
+
+def _bad(tmp_path, repo_params, mutate) -> str:
+    p = copy.deepcopy(repo_params)
+    mutate(p)
+    with pytest.raises(ConfigError) as exc:
+        load_params(write_params(tmp_path, p))
+    return str(exc.value)
+
+
+def test_bits_not_multiple_of_8(tmp_path, repo_params):
+    msg = _bad(tmp_path, repo_params, lambda p: p["suites"]["demo-digits"].update(bits=[16, 12]))
+    assert "suites.demo-digits.bits" in msg and "12" in msg and "multiple of 8" in msg
+
+
+def test_negative_bits(tmp_path, repo_params):
+    msg = _bad(tmp_path, repo_params, lambda p: p["suites"]["demo-digits"].update(bits=[-8]))
+    assert "suites.demo-digits.bits" in msg and "positive multiple of 8" in msg
+
+
+def test_unknown_method_lists_available(tmp_path, repo_params):
+    msg = _bad(tmp_path, repo_params, lambda p: p["suites"]["demo-digits"].update(methods=["csq", "dcmhx"]))
+    assert "suites.demo-digits.methods[1]" in msg and "dcmhx" in msg and "csq" in msg and "dcmh" in msg
+
+
+def test_unknown_dataset(tmp_path, repo_params):
+    msg = _bad(tmp_path, repo_params, lambda p: p["datasets"].update(imagenet={}))
+    assert "datasets.imagenet" in msg and "available" in msg and "wikipedia" in msg
+
+
+def test_suite_dataset_not_configured(tmp_path, repo_params):
+    msg = _bad(tmp_path, repo_params, lambda p: p["suites"]["demo-digits"].update(dataset="cifar"))
+    assert "suites.demo-digits.dataset" in msg and "cifar" in msg
+
+
+def test_wrong_type(tmp_path, repo_params):
+    msg = _bad(tmp_path, repo_params, lambda p: p["train"].update(epochs="many"))
+    assert "train.epochs" in msg and "many" in msg
+
+
+def test_unknown_key_in_train(tmp_path, repo_params):
+    msg = _bad(tmp_path, repo_params, lambda p: p["train"].update(epoch=3))
+    assert "train.epoch" in msg and "unknown key" in msg
+
+
+def test_unknown_method_hyperparameter(tmp_path, repo_params):
+    msg = _bad(tmp_path, repo_params, lambda p: p["methods"]["csq"].update(lambdaa=1.0))
+    assert "methods.csq.lambdaa" in msg and "unknown key" in msg
+
+
+def test_bad_device(tmp_path, repo_params):
+    msg = _bad(tmp_path, repo_params, lambda p: p["train"].update(device="tpu"))
+    assert "train.device" in msg and "auto" in msg
+
+
+def test_cross_modal_method_on_image_only_dataset(tmp_path, repo_params):
+    msg = _bad(tmp_path, repo_params, lambda p: p["suites"]["demo-digits"].update(methods=["dcmh"]))
+    assert "dcmh" in msg and "text" in msg and "digits" in msg
+
+
+def test_unknown_profile(tmp_path, repo_params):
+    msg = _bad(tmp_path, repo_params, lambda p: p["suites"]["demo-digits"].update(profile="fast"))
+    assert "suites.demo-digits.profile" in msg and "demo" in msg
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_params(tmp_path / "nope.yaml")
+
+
+def test_trial_key_changes_only_for_changed_method(tmp_path, repo_params):
+    p = copy.deepcopy(repo_params)
+    p["suites"]["mixed"] = {"profile": "demo", "dataset": "wikipedia", "methods": ["dcmh", "csq"], "bits": [16], "seeds": [0]}
+    before = {t.method: t.key() for t in expand_suite(load_params(write_params(tmp_path, p)), "mixed")}
+    p["methods"]["csq"]["lambda_q"] = 0.5
+    after = {t.method: t.key() for t in expand_suite(load_params(write_params(tmp_path, p)), "mixed")}
+    assert before["dcmh"] == after["dcmh"]
+    assert before["csq"] != after["csq"]
+
+
+def test_method_train_override_precedence(tmp_path, repo_params):
+    p = copy.deepcopy(repo_params)
+    p["methods"]["csq"]["train"] = {"optimizer": {"lr": 0.01}, "epochs": 7}
+    params = load_params(write_params(tmp_path, p))
+    t = expand_suite(params, "demo-digits")[0]
+    assert t.train.optimizer.lr == 0.01
+    assert t.train.epochs == 30  # the suite's own train block wins over the method's
+    assert t.train.optimizer.name == "adam"  # untouched keys keep the global value
