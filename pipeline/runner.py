@@ -38,6 +38,9 @@ log = logging.getLogger(__name__)
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
+# Trials queue for resources in Tune, not in Train; a slow start (busy 2-core machine, cold imports)
+# must not fail a trial, so Train's 60 s worker-group start-up limit is raised.
+os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "900")
 
 
 @dataclass
@@ -99,7 +102,8 @@ def _worker_loop(config: dict) -> None:
         tracking.log_outcome_artifacts(config["tracking_uri"], config["run_id"], outcome)
         with open(config["outcome_file"], "wb") as f:
             pickle.dump({"train_seconds": outcome.train_seconds, "eval_seconds": outcome.eval_seconds, "metrics": final}, f)
-    ray.train.report({"done": 1.0, "epoch": spec.train.epochs})
+    # ("done" is reserved by Tune: it would end the trial and kill the Train controller)
+    ray.train.report({"trial_complete": 1.0, "epoch": spec.train.epochs})
 
 
 def _trial_driver(config: dict) -> None:
@@ -146,6 +150,13 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
 
 
+# A Tune trial's driver only waits on its TorchTrainer, so on a local Ray it holds a slot of this custom
+# resource instead of CPU: every CPU stays free for the Train workers. On a cluster that does not
+# define it, the driver takes a sliver of CPU instead (and the concurrency computation allows for it).
+DRIVER_RESOURCE = "hashbench_trial_driver"
+DRIVER_CPU_ON_CLUSTER = 0.01
+
+
 def _init_ray(address: str | None) -> None:
     import ray
 
@@ -154,7 +165,28 @@ def _init_ray(address: str | None) -> None:
     if address:
         ray.init(address=address, log_to_driver=True)
     else:
-        ray.init(include_dashboard=False, log_to_driver=True, configure_logging=True, logging_level=logging.WARNING)
+        ray.init(resources={DRIVER_RESOURCE: 10_000}, include_dashboard=False, log_to_driver=True, configure_logging=True, logging_level=logging.WARNING)
+
+
+def _driver_resources(cluster: dict[str, float]) -> dict[str, float]:
+    if cluster.get(DRIVER_RESOURCE, 0) >= 1:
+        return {"CPU": 0, DRIVER_RESOURCE: 1}
+    return {"CPU": DRIVER_CPU_ON_CLUSTER}
+
+
+def _fitting_trials(cluster: dict[str, float], res, use_gpu: bool) -> int:
+    """How many trials' worker groups fit in the cluster at once (at least 1).
+
+    Ray Train gives a worker group a fixed time to start; letting Tune launch more trials than fit
+    makes the surplus wait on resources and fail with a start-up timeout, so the grid is throttled.
+    """
+    per_trial_cpu = res.num_workers * res.cpus_per_worker
+    if cluster.get(DRIVER_RESOURCE, 0) < 1:
+        per_trial_cpu += DRIVER_CPU_ON_CLUSTER
+    fits = int(cluster.get("CPU", 1) // per_trial_cpu)
+    if use_gpu and res.gpus_per_worker > 0:
+        fits = min(fits, int(cluster.get("GPU", 0) // (res.num_workers * res.gpus_per_worker)))
+    return max(1, fits)
 
 
 def _run_grid(pending: list[TrialSpec], params: Params, paths: ProjectPaths, common: dict[str, Any], suite: str) -> dict[str, str | None]:
@@ -175,11 +207,12 @@ def _run_grid(pending: list[TrialSpec], params: Params, paths: ProjectPaths, com
         "storage_path": str(paths.ray_storage / "train"),
     }
     space = {**config, "spec": tune.grid_search([t.model_dump(mode="json") for t in pending])}
+    concurrent = res.max_concurrent_trials or _fitting_trials(ray.cluster_resources(), res, bool(use_gpu))
     tuner = tune.Tuner(
-        tune.with_resources(_trial_driver, {"CPU": 0.01}),
+        tune.with_resources(_trial_driver, _driver_resources(ray.cluster_resources())),
         param_space=space,
         tune_config=tune.TuneConfig(
-            max_concurrent_trials=res.max_concurrent_trials,
+            max_concurrent_trials=concurrent,
             trial_name_creator=lambda t: _safe(f"{t.config['spec']['method']}-{t.config['spec']['bits']}b-s{t.config['spec']['seed']}"),
             trial_dirname_creator=lambda t: _safe(f"{t.config['spec']['method']}-{t.config['spec']['bits']}b-s{t.config['spec']['seed']}-{t.trial_id}"),
         ),

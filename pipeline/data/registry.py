@@ -19,6 +19,11 @@ _MODULES: tuple[str, ...] = (
     "pipeline.data.wikipedia",
     "pipeline.data.digits",
     "pipeline.data.synthetic",
+    "pipeline.data.mirflickr25k",
+    "pipeline.data.nuswide",
+    "pipeline.data.coco",
+    "pipeline.data.nabirds",
+    "pipeline.data.longtail",
 )
 
 _REGISTRY: dict[str, type["DatasetSpec"]] = {}

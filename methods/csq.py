@@ -1,0 +1,106 @@
+"""CSQ: Central Similarity Quantization (Yuan et al., CVPR 2020), image hashing.
+
+Every class gets a hash center in {-1,+1}^K (Sec. 3.2, see :mod:`methods.losses.centers`: Hadamard
+rows when ``K`` is a power of two and ``C <= 2K``, Bernoulli(0.5) bits otherwise); a multi-label item's
+center is the sign of the centroid of its labels' centers. The network output ``h = tanh(z)`` is pulled
+to the item's center by the central similarity loss L_C (binary cross-entropy of ``(h+1)/2`` to
+``(c+1)/2``, mean over bits) plus ``lambda_q`` times the quantization loss L_Q
+(``sum_k log cosh(|h_k| - 1)``), both averaged over the mini-batch (Sec. 3.3).
+
+Choices where the paper leaves room (documented in the report as well):
+
+* ties of the multi-label centroid (a zero coordinate) take the bit of a fixed, seeded ``tie_break``
+  vector, so equal label sets always get the same center (the authors' code redraws ties at random);
+* the Bernoulli path keeps the best of ``center_tries`` seeded draws by minimum pairwise distance;
+* for ``K`` not a power of two (e.g. 24, 48 bits) there is no Sylvester Hadamard matrix: Bernoulli is used.
+
+Centers are deterministic: they are drawn from a ``torch.Generator`` seeded with ``seed`` or, when
+``seed`` is None, with a number drawn from the global torch RNG (which the training loop seeds with the
+trial seed before building the method).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Literal
+
+import torch
+from pydantic import Field
+
+from methods.base import DataInfo, HashMethod, MethodParams, TrainData
+from methods.losses import center_bce_with_logits, label_centers, logcosh_quantization, make_hash_centers, square_quantization
+from methods.nets import build_encoder
+from methods.registry import register_method
+from pipeline.errors import MethodError
+
+log = logging.getLogger(__name__)
+
+
+class CSQParams(MethodParams):
+    """CSQ hyperparameters."""
+
+    lambda_q: float = Field(
+        1e-4, ge=0, description="weight of the quantization loss L_Q (lambda_1; 1e-4 as in the authors' released setting)"
+    )
+    quantization: Literal["logcosh", "square"] = Field(
+        "logcosh", description="L_Q: the paper's sum log cosh(|h|-1), or sum (|h|-1)^2"
+    )
+    backbone: str = Field("auto", description="'auto' (MLP on features, small CNN on pixels), 'mlp', 'small_cnn' or a torchvision model name")
+    hidden: tuple[int, ...] = Field((1024,), description="hidden widths of the MLP head before the K-unit hash layer")
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout after every hidden layer of the head")
+    weights: str | None = Field(None, description="local state_dict for a torchvision backbone (never downloaded)")
+    shuffle_centers: bool = Field(False, description="assign Hadamard rows to classes in a seeded random order instead of row order")
+    center_tries: int = Field(10, ge=1, description="Bernoulli path: keep the best of this many draws (largest min pairwise distance)")
+    seed: int | None = Field(None, description="seed of the hash centers; None = drawn from the (trial-seeded) global torch RNG")
+
+
+@register_method
+class CSQ(HashMethod):
+    """Central Similarity Quantization: pull each image's tanh code to its (label-centroid) hash center."""
+
+    name = "csq"
+    modalities = ("image",)
+    input_kinds = frozenset({"features", "pixels"})
+    Params = CSQParams
+    paper = "L. Yuan et al. Central Similarity Quantization for Efficient Image and Video Retrieval. CVPR 2020."
+
+    def __init__(self, params: CSQParams, info: DataInfo, bits: int) -> None:
+        super().__init__(params, info, bits)
+        p = params
+        seed = p.seed if p.seed is not None else int(torch.randint(0, 2**62, (1,)).item())
+        gen = torch.Generator().manual_seed(seed)
+        centers, kind = make_hash_centers(int(info.n_classes), self.bits, gen, shuffle=p.shuffle_centers, tries=p.center_tries)
+        tie_break = torch.randint(0, 2, (self.bits,), generator=gen).float() * 2 - 1
+        self.center_kind = kind
+        self.register_buffer("centers", centers)
+        self.register_buffer("tie_break", tie_break)
+        log.info("csq: %d %s hash centers of %d bits (dataset %s)", info.n_classes, kind, self.bits, info.dataset)
+        self.net = build_encoder(info.modalities["image"], self.bits, p.backbone, p.hidden, p.dropout, weights=p.weights)
+
+    def item_centers(self, labels: torch.Tensor) -> torch.Tensor:
+        """Hash center of each item: sign of the centroid of its labels' centers (ties -> ``tie_break``)."""
+        return label_centers(labels, self.centers, self.tie_break)
+
+    def training_step(self, batch: dict[str, torch.Tensor], phase: str) -> dict[str, torch.Tensor]:
+        """L_C + lambda_q L_Q on one mini-batch; the returned terms are the weighted parts of ``loss``."""
+        z = self.net(batch["image"])
+        c = self.item_centers(batch["labels"])
+        center = center_bce_with_logits(z, c, reduction="mean")
+        h = torch.tanh(z)
+        if self.params.quantization == "logcosh":
+            q = logcosh_quantization(h, reduction="mean")
+        else:
+            q = square_quantization(h, reduction="mean")
+        quant = self.params.lambda_q * q
+        return {"loss": center + quant, "center": center, "quantization": quant}
+
+    def encode(self, batch: dict[str, torch.Tensor], modality: str) -> torch.Tensor:
+        if modality != "image":
+            raise MethodError(f"csq: encodes images only, not {modality!r}")
+        return torch.tanh(self.net(batch["image"]))
+
+    def on_train_start(self, data: TrainData) -> None:
+        if data.labels.shape[1] != self.centers.shape[0]:
+            raise MethodError(
+                f"csq: dataset {self.info.dataset!r} has {data.labels.shape[1]} label columns but {self.centers.shape[0]} centers were built"
+            )

@@ -1,0 +1,229 @@
+"""DCMH: Deep Cross-Modal Hashing (Jiang & Li, CVPR 2017).
+
+An image net ``f`` and a text net ``g`` output ``K`` real values per item; with ``F``/``G`` the outputs
+of all ``n`` training items (rows here, columns in the paper) and ``B`` in {-1,+1}^(n x K) the shared
+codes, the paper minimises (Sec. 3.2)
+
+    J = -sum_ij (S_ij Theta_ij - log(1 + e^Theta_ij)) + gamma (||B - F||^2 + ||B - G||^2) + eta (||F^T 1||^2 + ||G^T 1||^2),
+    Theta_ij = 1/2 F_i . G_j,   S_ij = 1 iff items i and j share a label,
+
+by alternating (Algorithm 1): (a) update the image net with ``G`` and ``B`` fixed, over mini-batches of
+images, with the batch's rows of ``F`` recomputed and every other row taken from the stored ``F``;
+(b) the same for the text net with ``F`` fixed; (c) ``B = sign(gamma (F + G)) = sign(F + G)``.
+Here (a) and (b) are the phases ``"image"`` and ``"text"`` and (c) runs in :meth:`DCMH.on_epoch_end`.
+
+The batch loss is the part of J that depends on the batch's rows: the likelihood of the batch
+against ALL ``n_train`` items of the other modality, the batch's quantization error, and the full-set
+balance ``||F^T 1||^2`` whose gradient on every batch row is the paper's ``2 eta F^T 1`` (Sec. 3.3).
+
+Two choices, both options, both documented deviations from a literal reading:
+
+* ``normalize=True`` (default) divides the batch objective by ``batch_size * n_train``. One constant
+  factor on every term: the minimiser, the relative weights (gamma, eta) and every gradient direction
+  are the paper's. Adam is invariant to a constant loss scale (up to its epsilon); SGD gets gradients of
+  order one instead of order ``n_train``, so one learning rate (~1e-3 with Adam) fits every dataset
+  size. ``normalize=False`` keeps the paper's plain sums.
+* ``balance_f1="drift"`` (default): the ``F^T 1`` of the balance gradient is the stored sum corrected
+  by the batch's mean change since its rows were stored (see :meth:`DCMH._balance_offset`).
+  ``"stale"`` uses the stored rows as they are, as the authors' code does; the stored rows lag the
+  network by up to one pass, and under Adam (whose steps move the common output offset of every item
+  at once) this delayed feedback overshoots: bit means oscillate, outputs collapse towards zero and
+  the codes stay at random-level mAP (tests/test_methods.py shows it on the digits toy: 0.12 vs 0.46).
+  Both estimate the same quantity; with the stored rows equal to the network's outputs they coincide.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from typing import Literal
+
+import torch
+from pydantic import Field
+
+from methods.base import DataInfo, HashMethod, MethodParams, TrainData
+from methods.losses import bit_balance_loss, pairwise_nll, quantization_loss, similarity_from_labels
+from methods.nets import build_encoder
+from methods.registry import register_method
+from pipeline.errors import MethodError
+
+log = logging.getLogger(__name__)
+
+
+def sign_pm1(x: torch.Tensor) -> torch.Tensor:
+    """Sign with the project's convention: ``x >= 0 -> +1``, else ``-1`` (float)."""
+    return torch.where(x >= 0, torch.ones_like(x), -torch.ones_like(x))
+
+
+def dcmh_objective(
+    f: torch.Tensor, g: torch.Tensor, b: torch.Tensor, s: torch.Tensor, gamma: float = 1.0, eta: float = 1.0
+) -> torch.Tensor:
+    """The full DCMH objective J (Jiang & Li, CVPR 2017, Sec. 3.2) as a plain sum; ``f, g, b``: (n, K), ``s``: (n, n)."""
+    return (
+        pairwise_nll(f, g, s, scale=0.5, reduction="sum")
+        + gamma * (quantization_loss(b, f) + quantization_loss(b, g))
+        + eta * (bit_balance_loss(f) + bit_balance_loss(g))
+    )
+
+
+class DCMHParams(MethodParams):
+    """DCMH hyperparameters (defaults from the paper where it gives one)."""
+
+    gamma: float = Field(1.0, ge=0, description="weight of ||B-F||^2 + ||B-G||^2 (paper: gamma = 1)")
+    eta: float = Field(1.0, ge=0, description="weight of the bit-balance terms ||F^T 1||^2 + ||G^T 1||^2 (paper: eta = 1)")
+    image_backbone: str = Field("auto", description="'auto' (MLP on features, small CNN on pixels), 'mlp', 'small_cnn' or a torchvision model name")
+    text_backbone: str = Field("auto", description="'auto' / 'mlp' (bag-of-words or text features)")
+    image_hidden: tuple[int, ...] = Field((4096,), description="hidden widths of the image MLP head (CNN-F's fc layers are 4096 wide)")
+    text_hidden: tuple[int, ...] = Field((8192,), description="hidden widths of the text MLP (paper: BoW -> 8192 -> K)")
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout after every hidden layer of the MLP heads")
+    image_weights: str | None = Field(None, description="local state_dict for a torchvision image backbone (never downloaded)")
+    normalize: bool = Field(True, description="divide the batch objective by batch_size * n_train (see module docstring)")
+    balance_f1: Literal["drift", "stale", "batch"] = Field(
+        "drift",
+        description="estimate of the full-set F^T 1 in the balance gradient 2 eta F^T 1: stored rows corrected by the batch's drift "
+        "(default), stored rows as they are (the authors' code), or n/B times the batch sum",
+    )
+    init: Literal["forward", "random"] = Field(
+        "forward",
+        description="initial F, G buffers: one forward pass of the untrained nets over TrainData.batches (N(0, 1) draws "
+        "when the loop gives no batches), or N(0, 1) draws as in the authors' code",
+    )
+
+
+@register_method
+class DCMH(HashMethod):
+    """Deep Cross-Modal Hashing with the paper's alternating optimisation (image pass, text pass, closed-form B)."""
+
+    name = "dcmh"
+    modalities = ("image", "text")
+    input_kinds = frozenset({"features", "pixels", "bow"})
+    Params = DCMHParams
+    paper = "Q.-Y. Jiang and W.-J. Li. Deep Cross-Modal Hashing. CVPR 2017."
+
+    def __init__(self, params: DCMHParams, info: DataInfo, bits: int) -> None:
+        super().__init__(params, info, bits)
+        if info.modalities["text"].kind == "pixels":
+            raise MethodError(f"dcmh: text modality of dataset {info.dataset!r} is pixels; expected bow or features")
+        p = params
+        self.image_net = build_encoder(
+            info.modalities["image"], bits, p.image_backbone, p.image_hidden, p.dropout, weights=p.image_weights
+        )
+        self.text_net = build_encoder(info.modalities["text"], bits, p.text_backbone, p.text_hidden, p.dropout)
+        n = int(info.n_train)
+        # Whole-training-set state (rows = training items in the order of batch["index"]); persistent so a
+        # checkpoint restores the alternating optimisation exactly.
+        self.register_buffer("F_buf", torch.zeros(n, bits))
+        self.register_buffer("G_buf", torch.zeros(n, bits))
+        self.register_buffer("B_buf", torch.zeros(n, bits))
+        self.register_buffer("train_labels", torch.zeros(n, int(info.n_classes)))
+        # rows refreshed so far in the current pass, per phase (for balance_f1="drift"); reset every epoch
+        self._visited: dict[str, torch.Tensor] = {}
+
+    # -- hooks -----------------------------------------------------------------------------------
+    def configure_optimizers(self, make_optimizer) -> dict[str, torch.optim.Optimizer]:
+        return {"image": make_optimizer(self.image_net.parameters()), "text": make_optimizer(self.text_net.parameters())}
+
+    def phases(self, epoch: int) -> list[str]:
+        return ["image", "text"]
+
+    @torch.no_grad()
+    def on_train_start(self, data: TrainData) -> None:
+        labels = data.labels
+        if tuple(labels.shape) != tuple(self.train_labels.shape):
+            raise MethodError(
+                f"dcmh: training labels of dataset {self.info.dataset!r} have shape {tuple(labels.shape)}, "
+                f"expected (n_train, n_classes) = {tuple(self.train_labels.shape)}"
+            )
+        self.train_labels.copy_(labels.to(self.train_labels))
+        if self.params.init == "forward" and data.batches is not None:
+            was_training = self.training
+            self.eval()
+            seen = torch.zeros(self.F_buf.shape[0], dtype=torch.bool, device=self.F_buf.device)
+            for batch in data.batches():
+                idx = batch["index"].to(self.F_buf.device)
+                self.F_buf[idx] = self.image_net(batch["image"].to(self.F_buf.device)).float()
+                self.G_buf[idx] = self.text_net(batch["text"].to(self.F_buf.device)).float()
+                seen[idx] = True
+            self.train(was_training)
+            if not bool(seen.all()):
+                raise MethodError(
+                    f"dcmh: TrainData.batches of dataset {self.info.dataset!r} covered {int(seen.sum())} of {seen.numel()} training items"
+                )
+        else:
+            self.F_buf.normal_()
+            self.G_buf.normal_()
+        self.B_buf.copy_(sign_pm1(self.F_buf + self.G_buf))
+        self._visited = {}
+
+    def training_step(self, batch: dict[str, torch.Tensor], phase: str) -> dict[str, torch.Tensor]:
+        """One mini-batch of phase (a) ``"image"`` or (b) ``"text"`` of Algorithm 1.
+
+        The returned terms are the weighted contributions to ``loss`` (they sum to it), each divided
+        by ``batch_size * n_train`` when ``normalize`` is on.
+        """
+        if phase == "image":
+            net, own, other, x = self.image_net, self.F_buf, self.G_buf, batch["image"]
+        elif phase == "text":
+            net, own, other, x = self.text_net, self.G_buf, self.F_buf, batch["text"]
+        else:
+            raise MethodError(f"dcmh: unknown phase {phase!r}; phases are 'image' and 'text'")
+        idx = batch["index"]
+        out = net(x)
+        s = similarity_from_labels(batch["labels"], self.train_labels)
+        # Theta of the batch against ALL training items of the other modality (the paper's sum over j).
+        nll = pairwise_nll(out, other, s, scale=0.5, reduction="sum")
+        quant = quantization_loss(self.B_buf[idx], out, reduction="sum")
+        # ||F^T 1||^2 over the whole training set: the batch rows are live, the others come from the buffer.
+        offset = self._balance_offset(phase, idx, out.detach().to(own.dtype), own)
+        bal = bit_balance_loss(out, offset=offset)
+        norm = float(out.shape[0] * own.shape[0]) if self.params.normalize else 1.0
+        terms = {
+            "likelihood": nll / norm,
+            "quantization": self.params.gamma * quant / norm,
+            "balance": self.params.eta * bal / norm,
+        }
+        # Algorithm 1: the stored column F_{*i} (G_{*i}) is the forward output of this iteration.
+        with torch.no_grad():
+            own[idx] = out.detach().to(own.dtype)
+        return {"loss": terms["likelihood"] + terms["quantization"] + terms["balance"], **terms}
+
+    @torch.no_grad()
+    def _balance_offset(self, phase: str, idx: torch.Tensor, out: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
+        """``offset`` such that ``out.sum(0) + offset`` estimates the current full-set column sum ``F^T 1``.
+
+        ``stale``: the stored rows of every item not in the batch (what the authors' code does); under
+        Adam the stored sum lags the network by up to one pass and the balance gradient overshoots
+        (measured: bit means oscillate and training collapses to random-code mAP). ``drift``: the stored
+        sum plus the batch's mean change since its rows were stored, times the number of rows not yet
+        refreshed in this pass (they are as old as the batch's rows); this removes the lag of the common
+        mode at the cost of a little sampling noise. ``batch``: ``n / B`` times the batch sum.
+        """
+        n, bsz = own.shape[0], out.shape[0]
+        mode = self.params.balance_f1
+        if mode == "stale":
+            return own.sum(dim=0) - own[idx].sum(dim=0)
+        if mode == "batch":
+            return (n / bsz - 1.0) * out.sum(dim=0)
+        visited = self._visited.setdefault(phase, torch.zeros(n, dtype=torch.bool, device=own.device))
+        # rows not refreshed yet in this pass, the batch's own rows included (kept on device: no sync)
+        n_unvisited = (~visited).sum() + visited[idx].sum()
+        drift = (out - own[idx]).sum(dim=0)
+        f1 = own.sum(dim=0) + drift * (n_unvisited.to(own.dtype) / bsz)
+        visited[idx] = True
+        return f1 - out.sum(dim=0)
+
+    @torch.no_grad()
+    def on_epoch_end(self, epoch: int, data: TrainData) -> dict[str, float]:
+        """Step (c): ``B = sign(gamma (F + G))``, i.e. ``sign(F + G)`` for gamma > 0 (ties -> +1)."""
+        self._visited = {}
+        new_b = sign_pm1(self.F_buf + self.G_buf)
+        changed = float((new_b != self.B_buf).float().mean())
+        self.B_buf.copy_(new_b)
+        return {"b_changed_fraction": changed}
+
+    def encode(self, batch: dict[str, torch.Tensor], modality: str) -> torch.Tensor:
+        if modality == "image":
+            return self.image_net(batch["image"])
+        if modality == "text":
+            return self.text_net(batch["text"])
+        raise MethodError(f"dcmh: cannot encode modality {modality!r}; it has 'image' and 'text'")

@@ -1,0 +1,208 @@
+"""Shared encoders: MLPs for feature/bag-of-words inputs, a small CNN and torchvision backbones for pixels.
+
+Every encoder is ``trunk -> head``: the trunk turns one input into a flat vector (identity for
+``features``/``bow``, a conv stack for ``pixels``) and the head is an MLP ``in -> hidden... -> out``
+(ReLU between layers, optional dropout, last layer linear). Methods put their own squashing
+(``tanh`` etc.) on top.
+
+Torchvision backbones are always built with ``weights=None`` (random init): nothing is ever downloaded.
+A local weights file (a ``state_dict`` of the torchvision model, classifier included or not) can be given
+with ``weights=PATH``; it is loaded with ``torch.load(..., weights_only=True)`` before the classifier
+is removed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from methods.base import ModalitySpec
+from pipeline.errors import MethodError
+
+#: backbone names that are not torchvision models
+OWN_BACKBONES = ("auto", "mlp", "small_cnn")
+#: ImageNet statistics used in front of torchvision backbones (they expect them with pretrained weights)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def mlp(in_dim: int, hidden: Sequence[int], out_dim: int, dropout: float = 0.0) -> nn.Sequential:
+    """``in -> hidden[0] -> ... -> out`` with ReLU (and dropout) after every hidden layer; last layer linear."""
+    layers: list[nn.Module] = []
+    prev = int(in_dim)
+    for h in hidden:
+        layers.append(nn.Linear(prev, int(h)))
+        layers.append(nn.ReLU(inplace=True))
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
+        prev = int(h)
+    layers.append(nn.Linear(prev, int(out_dim)))
+    return nn.Sequential(*layers)
+
+
+class SmallCNN(nn.Module):
+    """conv3x3-BN-ReLU blocks with 2x max-pooling between them, global average pool -> flat vector.
+
+    Inputs larger than 32 pixels first go through stride-2 conv-BN-ReLU stems until the shorter side is
+    at most 32, so the same net handles 8x8 digits and 224x224 photographs at a bounded cost.
+    """
+
+    def __init__(self, in_channels: int, height: int, width: int, channels: Sequence[int] = (32, 64, 128)) -> None:
+        super().__init__()
+        if not channels:
+            raise MethodError("small_cnn needs at least one conv block (channels is empty)")
+        layers: list[nn.Module] = []
+        prev = int(in_channels)
+        size = min(int(height), int(width))
+        while size > 32:
+            layers += [nn.Conv2d(prev, channels[0], 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(channels[0]), nn.ReLU(inplace=True)]
+            prev = channels[0]
+            size = (size + 1) // 2
+        for i, c in enumerate(channels):
+            layers += [nn.Conv2d(prev, int(c), 3, padding=1, bias=False), nn.BatchNorm2d(int(c)), nn.ReLU(inplace=True)]
+            prev = int(c)
+            if i < len(channels) - 1 and size >= 4:
+                layers.append(nn.MaxPool2d(2))
+                size //= 2
+        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+        self.body = nn.Sequential(*layers)
+        self.out_dim = prev
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+class _TorchvisionTrunk(nn.Module):
+    """A torchvision classification model with its classifier replaced by ``Identity``.
+
+    Grey images are repeated to 3 channels; inputs in [0, 1] are normalised with ImageNet statistics.
+    """
+
+    def __init__(self, model: nn.Module, out_dim: int, in_channels: int) -> None:
+        super().__init__()
+        self.model = model
+        self.out_dim = int(out_dim)
+        self.in_channels = int(in_channels)
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        x = (x - self.mean) / self.std
+        out = self.model(x)
+        if isinstance(out, tuple):  # e.g. GoogLeNet/Inception aux outputs in train mode
+            out = out[0]
+        return torch.flatten(out, 1)
+
+
+def _strip_classifier(model: nn.Module, name: str) -> int:
+    """Replace the last Linear of the classifier by Identity in place; return its input width."""
+    for attr in ("fc", "classifier", "head", "heads"):
+        mod = getattr(model, attr, None)
+        if mod is None:
+            continue
+        if isinstance(mod, nn.Linear):
+            setattr(model, attr, nn.Identity())
+            return mod.in_features
+        if isinstance(mod, nn.Sequential):
+            for i in range(len(mod) - 1, -1, -1):
+                if isinstance(mod[i], nn.Linear):
+                    width = mod[i].in_features
+                    mod[i] = nn.Identity()
+                    # drop anything after the last Linear (e.g. nothing, or a final activation)
+                    for j in range(len(mod) - 1, i, -1):
+                        mod[j] = nn.Identity()
+                    return width
+    raise MethodError(f"backbone {name!r}: cannot find its classifier layer (fc / classifier / head) to replace")
+
+
+def torchvision_trunk(name: str, in_channels: int, weights: str | None = None) -> _TorchvisionTrunk:
+    """A torchvision model ``name`` built with ``weights=None`` (optionally loading a local state_dict)."""
+    try:
+        import torchvision
+    except ImportError as exc:  # pragma: no cover - torchvision is a dependency
+        raise MethodError(f"backbone {name!r} needs torchvision, which is not installed") from exc
+    if in_channels not in (1, 3):
+        raise MethodError(f"backbone {name!r} takes 1- or 3-channel images, got {in_channels} channels")
+    known = set(torchvision.models.list_models(module=torchvision.models))
+    if name not in known:
+        raise MethodError(
+            f"unknown backbone {name!r}; use one of {', '.join(OWN_BACKBONES)} or a torchvision classification model "
+            f"(e.g. resnet18, resnet50, alexnet, vgg16)"
+        )
+    model = torchvision.models.get_model(name, weights=None)
+    if weights:
+        path = Path(weights)
+        if not path.is_file():
+            raise MethodError(f"backbone {name!r}: weights file {str(path)!r} does not exist")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - re-raised with the file named
+            raise MethodError(f"backbone {name!r}: cannot load weights file {str(path)!r}: {exc}") from exc
+        if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+            state = state["state_dict"]
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as exc:
+            raise MethodError(f"backbone {name!r}: weights file {str(path)!r} does not match the model: {exc}") from exc
+    width = _strip_classifier(model, name)
+    return _TorchvisionTrunk(model, width, in_channels)
+
+
+class Encoder(nn.Module):
+    """``trunk`` (flat vector of width ``trunk_dim``) followed by the MLP ``head`` to ``out_dim``."""
+
+    def __init__(self, trunk: nn.Module, trunk_dim: int, head: nn.Module, out_dim: int) -> None:
+        super().__init__()
+        self.trunk = trunk
+        self.head = head
+        self.trunk_dim = int(trunk_dim)
+        self.out_dim = int(out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.trunk(x))
+
+
+def build_encoder(
+    spec: ModalitySpec,
+    out_dim: int,
+    backbone: str = "auto",
+    hidden: Sequence[int] = (1024,),
+    dropout: float = 0.0,
+    weights: str | None = None,
+    cnn_channels: Sequence[int] = (32, 64, 128),
+) -> Encoder:
+    """Encoder for one modality: ``features``/``bow`` -> MLP, ``pixels`` -> small CNN or a torchvision model.
+
+    ``backbone``: ``"auto"`` (MLP for features/bow, ``small_cnn`` for pixels), ``"mlp"``, ``"small_cnn"``
+    or the name of a torchvision classification model (``resnet18``, ``alexnet``, ...; pixels only,
+    random init unless ``weights`` names a local state_dict file). ``hidden`` are the widths of the MLP
+    head between the trunk and the ``out_dim`` outputs (empty = one linear layer).
+    """
+    if spec.kind not in ("features", "pixels", "bow"):
+        raise MethodError(f"modality {spec.name!r}: unknown kind {spec.kind!r}")
+    name = backbone
+    if name == "auto":
+        name = "small_cnn" if spec.kind == "pixels" else "mlp"
+    if weights and name in OWN_BACKBONES:
+        raise MethodError(f"modality {spec.name!r}: a weights file is only supported for torchvision backbones, not {name!r}")
+    if name == "mlp":
+        trunk: nn.Module = nn.Flatten()
+        trunk_dim = spec.dim
+    elif spec.kind != "pixels":
+        raise MethodError(f"modality {spec.name!r} is {spec.kind!r}; backbone {backbone!r} needs pixels (use 'mlp' or 'auto')")
+    elif len(spec.shape) != 3:
+        raise MethodError(f"modality {spec.name!r}: pixels must have shape (C, H, W), got {spec.shape}")
+    elif name == "small_cnn":
+        c, h, w = spec.shape
+        cnn = SmallCNN(c, h, w, channels=cnn_channels)
+        trunk, trunk_dim = cnn, cnn.out_dim
+    else:
+        tv = torchvision_trunk(name, spec.shape[0], weights)
+        trunk, trunk_dim = tv, tv.out_dim
+    head = mlp(trunk_dim, hidden, out_dim, dropout=dropout)
+    return Encoder(trunk, trunk_dim, head, out_dim)
