@@ -41,6 +41,12 @@ os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
 # Trials queue for resources in Tune, not in Train; a slow start (busy 2-core machine, cold imports)
 # must not fail a trial, so Train's 60 s worker-group start-up limit is raised.
 os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "900")
+# A worker's ray.train.report blocks until the controller drains its one-slot result queue, which it
+# does on every health check (2 s by default): poll faster so per-epoch reports cost little.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+
+# bench forwards every Nth epoch (and the last) to Ray for Tune's progress table; MLflow gets every epoch.
+BENCH_RAY_REPORT_EVERY = 10
 
 
 @dataclass
@@ -62,15 +68,17 @@ class BenchSummary:
 class _RayObserver:
     """Per-epoch metrics: to Ray Train (forwarded to Tune) and, on rank 0, to the MLflow run."""
 
-    def __init__(self, uri: str, run_id: str, rank: int):
-        self.uri, self.run_id, self.rank = uri, run_id, rank
+    def __init__(self, uri: str, run_id: str, rank: int, report_every: int = 1):
+        self.uri, self.run_id, self.rank, self.report_every = uri, run_id, rank, max(1, report_every)
 
     def on_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
         import ray.train
 
         if self.rank == 0:
             tracking.log_metrics(self.uri, self.run_id, metrics, step=epoch)
-        ray.train.report({"epoch": epoch, **{k.replace("/", "."): v for k, v in metrics.items()}})
+        # every worker decides alike (by epoch number), so the reports stay in step across workers
+        if epoch % self.report_every == 0:
+            ray.train.report({"epoch": epoch, **{k.replace("/", "."): v for k, v in metrics.items()}})
 
 
 def _worker_loop(config: dict) -> None:
@@ -92,7 +100,7 @@ def _worker_loop(config: dict) -> None:
 
         device = str(ray.train.torch.get_device())
     torch.set_num_threads(max(1, int(config["cpus_per_worker"])))
-    observer = _RayObserver(config["tracking_uri"], config["run_id"], rank)
+    observer = _RayObserver(config["tracking_uri"], config["run_id"], rank, config.get("ray_report_every", 1))
     outcome = run_trial(spec, Path(config["prepared_dir"]), observer, device=device)
     if rank == 0:
         final = outcome.evaluation.flat_metrics()
@@ -205,6 +213,7 @@ def _run_grid(pending: list[TrialSpec], params: Params, paths: ProjectPaths, com
         "resources": res.model_dump(),
         "cpus_per_worker": res.cpus_per_worker,
         "storage_path": str(paths.ray_storage / "train"),
+        "ray_report_every": BENCH_RAY_REPORT_EVERY,
     }
     space = {**config, "spec": tune.grid_search([t.model_dump(mode="json") for t in pending])}
     concurrent = res.max_concurrent_trials or _fitting_trials(ray.cluster_resources(), res, bool(use_gpu))

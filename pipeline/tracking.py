@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import os
 import platform
 import subprocess
@@ -189,8 +190,13 @@ def log_metrics(uri: str, run_id: str, metrics: Mapping[str, float], step: int |
 
 
 def _metric_name(name: str) -> str:
-    # MLflow allows alphanumerics, _ - . space : / ; '@' is not allowed everywhere, so spell it out.
+    """MLflow-safe metric name: MLflow does not allow '@', so ``map@100`` is logged as ``map_at_100``."""
     return name.replace("@", "_at_")
+
+
+def metric_name_from_mlflow(name: str) -> str:
+    """Inverse of :func:`_metric_name` for the cut-off names it produces (``_at_`` before a number or ``all``)."""
+    return re.sub(r"_at_(?=(?:\d+|all|r\d+)(?:/|$))", "@", name)
 
 
 def log_outcome_artifacts(uri: str, run_id: str, outcome) -> None:

@@ -62,3 +62,13 @@ def test_finished_trials_resume_bookkeeping(tmp_path):
     run = tracking.client(uri).get_run(r2)
     assert run.data.tags["hashbench.error"] == "boom"
     assert run.data.params["method_params.lambda_q"] == str(a.method_params["lambda_q"])
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["i2t/map@all", "i2t/map@100", "t2i/ndcg@500", "i2i/p@r2", "i2i/index/hash/recall_at_k", "i2t/random/map@all", "loss/image/likelihood"],
+)
+def test_metric_names_round_trip_through_mlflow(name):
+    logged = tracking._metric_name(name)
+    assert "@" not in logged
+    assert tracking.metric_name_from_mlflow(logged) == name

@@ -108,6 +108,44 @@ def mean_curves(runs: ProfileRuns, sub: pd.DataFrame, direction: str) -> dict[st
     return out
 
 
+def detail_table(g: pd.DataFrame, direction: str, metrics: list[str]) -> dict:
+    """Rows (method, bits), one column per metric, mean ± std over seeds."""
+    rows = []
+    for (method, bits), gg in g.groupby(["method", "bits"]):
+        cells = []
+        for m in metrics:
+            v = gg[f"m:{direction}/{m}"].dropna()
+            std = float(v.std(ddof=1)) if len(v) > 1 else 0.0
+            cells.append(f"{v.mean():.4f} ± {std:.4f}" if len(v) else "–")
+        rows.append({"method": method, "bits": int(bits), "n": int(len(gg)), "cells": cells})
+    return {"columns": metrics, "rows": rows}
+
+
+INDEX_FIGURES = (
+    ("build_seconds", "build (ms)", 1000.0),
+    ("latency_p50_ms", "query p50 (ms)", 1.0),
+    ("latency_p95_ms", "query p95 (ms)", 1.0),
+    ("batch_qps", "batch (queries/s)", 1.0),
+    ("memory_bytes", "memory (KiB)", 1 / 1024),
+    ("recall_at_k", "recall@k vs flat", 1.0),
+)
+
+
+def index_table(g: pd.DataFrame, direction: str) -> list[dict]:
+    """Rows (method, bits, index kind) with the index figures averaged over seeds."""
+    prefix = f"m:{direction}/index/"
+    kinds = sorted({c[len(prefix):].split("/")[0] for c in g.columns if c.startswith(prefix)})
+    rows = []
+    for (method, bits), gg in g.groupby(["method", "bits"]):
+        for kind in kinds:
+            cells = []
+            for key, _, scale in INDEX_FIGURES:
+                col = f"{prefix}{kind}/{key}"
+                cells.append(f"{gg[col].mean() * scale:.4g}" if col in gg and gg[col].notna().any() else "–")
+            rows.append({"method": method, "bits": int(bits), "kind": kind, "cells": cells})
+    return rows
+
+
 def build_report(runs: ProfileRuns, out_dir: Path, *, title: str, notes: dict[str, str]) -> Path:
     """Write index.html, metrics.json and plots/*.json under ``out_dir``; return the HTML path."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -116,11 +154,12 @@ def build_report(runs: ProfileRuns, out_dir: Path, *, title: str, notes: dict[st
     sections, metrics_json = [], {}
     if not df.empty:
         for (suite, dataset), g in df.groupby(["suite", "dataset"], sort=True):
+            g = g.dropna(axis=1, how="all")  # columns of other datasets' directions
             section = {"suite": suite, "dataset": dataset, "directions": [], "n_runs": len(g)}
             metrics_json[suite] = {}
             for d in directions_of(g):
                 names = metric_columns(g, d)
-                tables = [summary_table(g, d, m) for m in names]
+                headline = summary_table(g, d, "map@all")
                 curves = mean_curves(runs, g, d)
                 plot_rows = [
                     {"series": label, "recall": float(r), "precision": float(p)}
@@ -128,42 +167,28 @@ def build_report(runs: ProfileRuns, out_dir: Path, *, title: str, notes: dict[st
                     for r, p in zip(rec, prec)
                     if np.isfinite(p)
                 ]
-                plot_file = out_dir / "plots" / f"pr_{suite}_{d}.json"
-                plot_file.write_text(json.dumps(plot_rows, indent=0))
-                index_cols = sorted(c for c in g.columns if c.startswith(f"m:{d}/index/"))
-                index_rows = []
-                for (method, bits), gg in g.groupby(["method", "bits"]):
-                    row = {"method": method, "bits": bits}
-                    for c in index_cols:
-                        row[c.split("/index/")[1]] = float(gg[c].mean())
-                    index_rows.append(row)
+                (out_dir / "plots" / f"pr_{suite}_{d}.json").write_text(json.dumps(plot_rows, indent=0))
                 random_col = f"m:{d}/random/map@all"
-                random_ref = float(g[random_col].mean()) if random_col in g else None
                 section["directions"].append(
                     {
                         "name": d,
                         "title": DIRECTION_TITLES.get(d, d),
-                        "tables": tables,
+                        "headline": headline,
+                        "detail": detail_table(g, d, [m for m in names if m != "map@all"]),
                         "svg": pr_svg([(k, v[0], v[1]) for k, v in curves.items()]) if curves else "",
-                        "index_rows": index_rows,
-                        "index_cols": [c.split("/index/")[1] for c in index_cols],
-                        "random_map": random_ref,
+                        "index_rows": index_table(g, d),
+                        "index_cols": [label for _, label, _ in INDEX_FIGURES],
+                        "random_map": float(g[random_col].mean()) if random_col in g else None,
                     }
                 )
-                for t in tables:
-                    for row in t.rows:
-                        for b, cell in zip(t.columns, row["cells"]):
-                            if cell["n"]:
-                                mean = float(g[(g.method == row["method"]) & (g.bits == b)][f"m:{d}/{t.metric}"].mean())
-                                metrics_json[suite].setdefault(row["method"], {}).setdefault(f"{b}bits", {}).setdefault(d, {})[t.metric] = round(mean, 6)
+                for (method, bits), gg in g.groupby(["method", "bits"]):
+                    entry = metrics_json[suite].setdefault(method, {}).setdefault(f"{int(bits)}bits", {}).setdefault(d, {})
+                    for m in names:
+                        entry[m] = round(float(gg[f"m:{d}/{m}"].mean()), 6)
             section["overhead"] = _overhead(g)
             section["provenance"] = {
-                "commits": sorted(set(g["git_commit"].dropna())),
-                "dirty": sorted(set(g["git_dirty"].dropna())),
-                "devices": sorted(set(g["device"].dropna())),
-                "manifests": sorted(set(g["manifest"].dropna())),
-                "ties": sorted(set(g["ties"].dropna())),
-                "ap_norm": sorted(set(g["ap_norm"].dropna())),
+                key: sorted(set(g[col].dropna())) if col in g else []
+                for key, col in (("commits", "git_commit"), ("dirty", "git_dirty"), ("devices", "device"), ("manifests", "manifest"), ("ties", "ties"), ("ap_norm", "ap_norm"))
             }
             sections.append(section)
     env = _environment()

@@ -68,7 +68,7 @@ def collect_runs(uri: str, bench_dir: Path, suites: list[str], profile: str) -> 
                 "device": tags.get("device"),
                 "manifest": tags.get("data.manifest_sha256"),
             }
-            row.update({f"m:{k.replace('_at_', '@')}": v for k, v in run.data.metrics.items()})
+            row.update({f"m:{tracking.metric_name_from_mlflow(k)}": v for k, v in run.data.metrics.items()})
             rows.append(row)
             curves[run_id] = _load_curves(c, run_id)
     df = pd.DataFrame(rows)
