@@ -114,8 +114,13 @@ def _worker_loop(config: dict) -> None:
     ray.train.report({"trial_complete": 1.0, "epoch": spec.train.epochs})
 
 
-def _trial_driver(config: dict) -> None:
-    """One Ray Tune trial: create the MLflow run, run the TorchTrainer, close the run."""
+def _trial_driver(tune_config: dict, specs: dict[str, dict], settings: dict) -> None:
+    """One Ray Tune trial: create the MLflow run, run the TorchTrainer, close the run.
+
+    Tune's config holds only the trial key (so its progress table stays readable); the resolved
+    specs and the shared settings come through ``tune.with_parameters``.
+    """
+    config = {**settings, "spec": specs[tune_config["trial"]]}
     import pickle
     import tempfile
 
@@ -215,22 +220,23 @@ def _run_grid(pending: list[TrialSpec], params: Params, paths: ProjectPaths, com
         "storage_path": str(paths.ray_storage / "train"),
         "ray_report_every": BENCH_RAY_REPORT_EVERY,
     }
-    space = {**config, "spec": tune.grid_search([t.model_dump(mode="json") for t in pending])}
+    specs = {t.key(): t.model_dump(mode="json") for t in pending}
+    space = {"trial": tune.grid_search(list(specs))}
     concurrent = res.max_concurrent_trials or _fitting_trials(ray.cluster_resources(), res, bool(use_gpu))
     tuner = tune.Tuner(
-        tune.with_resources(_trial_driver, _driver_resources(ray.cluster_resources())),
+        tune.with_resources(tune.with_parameters(_trial_driver, specs=specs, settings=config), _driver_resources(ray.cluster_resources())),
         param_space=space,
         tune_config=tune.TuneConfig(
             max_concurrent_trials=concurrent,
-            trial_name_creator=lambda t: _safe(f"{t.config['spec']['method']}-{t.config['spec']['bits']}b-s{t.config['spec']['seed']}"),
-            trial_dirname_creator=lambda t: _safe(f"{t.config['spec']['method']}-{t.config['spec']['bits']}b-s{t.config['spec']['seed']}-{t.trial_id}"),
+            trial_name_creator=lambda t: _safe(t.config["trial"]),
+            trial_dirname_creator=lambda t: _safe(f"{t.config['trial']}-{t.trial_id}"),
         ),
         run_config=tune.RunConfig(name=_safe(suite), storage_path=str(paths.ray_storage / "tune"), verbose=1),
     )
     results = tuner.fit()
     out: dict[str, str | None] = {}
     for r in results:
-        key = TrialSpec.model_validate(r.config["spec"]).key()
+        key = r.config["trial"]
         out[key] = None if r.error is None else f"{type(r.error).__name__}: {r.error}"
     return out
 
