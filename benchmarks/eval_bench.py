@@ -12,7 +12,8 @@ Synthetic data: label frequencies skewed like NUS-WIDE's 21 concepts (about 2.2 
 at least one), codes = signs of the sum of per-label random centres plus Gaussian noise, so codes are
 correlated with labels (mAP well above chance) and Hamming ties are realistic.
 
-Usage: python benchmarks/eval_bench.py [--quick] [--threads N]
+Usage: python benchmarks/eval_bench.py [--quick] [--threads N] [--sections 1,2,3]
+(``HASHBENCH_METRICS_BACKEND=numpy`` measures the numpy path instead of the compiled kernel.)
 """
 
 from __future__ import annotations
@@ -147,8 +148,17 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="engine and faiss threads (default: all cores)")
     ap.add_argument("--sections", default="1,2,3", help="comma-separated sections to run")
     args = ap.parse_args()
-    threads = f"{args.threads}" if args.threads else f"{M._resolve_threads(None)} (index ties), 1 (expected ties)"
-    print(f"numpy {np.__version__}; cores {os.cpu_count()}; engine threads {threads}; "
+    from pipeline import kernels
+
+    backend = kernels.backend()
+    if args.threads:
+        threads = f"{args.threads}"
+    elif backend == "kernel":
+        threads = f"{M._resolve_threads(None)}"
+    else:
+        threads = f"{M._resolve_threads(None)} (index ties), 1 (expected ties)"
+    print(f"numpy {np.__version__}; metrics backend {backend} (${kernels.ENV_VAR}=numpy|kernel forces one); "
+          f"cores {os.cpu_count()}; engine threads {threads}; "
           f"load average {os.getloadavg()[0]:.2f} (other processes share this machine)")
     rng = np.random.default_rng(2024)
     centres = np.where(rng.random((N_LABELS, 64)) < 0.5, -1.0, 1.0).astype(np.float32)

@@ -16,6 +16,10 @@ from pipeline.errors import MethodError
 _MODULES: tuple[str, ...] = (
     "methods.dcmh",
     "methods.csq",
+    "methods.prdh",
+    "methods.cmhh",
+    "methods.crh",
+    "methods.orthohash",
 )
 
 _REGISTRY: dict[str, type[HashMethod]] = {}

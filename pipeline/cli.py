@@ -4,6 +4,7 @@
     hashbench prepare wikipedia        raw files into the prepared format in data/prepared/<dataset>
     hashbench bench --suite demo-wikipedia   the suite's trial grid on Ray Tune, logged to MLflow
     hashbench report --profile demo    MLflow runs into reports/index.html (+ metrics.json, plots/)
+    hashbench tune --method csq --dataset wikipedia --bits 32   search on a validation split -> tuned/
     hashbench list                     datasets, methods, suites and profiles
 """
 
@@ -87,6 +88,34 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_tune(args) -> int:
+    from pipeline.tune import run_tune
+
+    params, paths = _params(args), _paths(args)
+    summary = run_tune(
+        params,
+        paths,
+        method=args.method,
+        dataset=args.dataset,
+        bits=args.bits,
+        params_file=Path(args.params),
+        search=args.search,
+        num_samples=args.num_samples,
+        epochs=args.epochs,
+        sweep=args.sweep,
+        fresh=args.fresh,
+    )
+    counts = {}
+    for t in summary.trials:
+        counts[t["status"]] = counts.get(t["status"], 0) + 1
+    print(f"{summary.name}: {len(summary.trials)} trials {counts}, {summary.wall_seconds:.1f} s; MLflow parent run {summary.parent_run_id}")
+    if summary.best:
+        print(f"best {summary.metric} (validation) = {summary.best['value']:.4f} with {summary.best['config']} -> {summary.best_file}")
+    if summary.report:
+        print(f"sensitivity report: {summary.report}")
+    return 0
+
+
 def cmd_report(args) -> int:
     from pipeline import tracking
     from pipeline.report.build import build_landing, build_report
@@ -151,6 +180,17 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--profile", help="every suite of this profile")
     b.add_argument("--dry-run", action="store_true", help="list the trials and whether each is finished; run nothing")
     b.set_defaults(func=cmd_bench)
+
+    t = sub.add_parser("tune", help="hyperparameter search (Optuna + ASHA) or --sweep on a validation split; writes tuned/<dataset>/<method>-<bits>.yaml")
+    t.add_argument("--method", required=True)
+    t.add_argument("--dataset", required=True)
+    t.add_argument("--bits", type=int, required=True)
+    t.add_argument("--search", choices=["optuna", "random", "grid"], help="search algorithm (default: tune.search)")
+    t.add_argument("--num-samples", type=int, help="trials (default: tune.num_samples)")
+    t.add_argument("--epochs", type=int, help="maximum epochs per trial (default: tune.epochs)")
+    t.add_argument("--sweep", help="one-parameter grid across the suite's seeds, e.g. csq.lambda_q=0.001,0.01,0.1")
+    t.add_argument("--fresh", action="store_true", help="discard the saved Tune experiment instead of resuming it")
+    t.set_defaults(func=cmd_tune)
 
     r = sub.add_parser("report", help="read the runs back from MLflow and write reports/<profile>/index.html")
     r.add_argument("--profile", default="demo")

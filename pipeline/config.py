@@ -111,6 +111,44 @@ class TrackingConfig(_Strict):
     experiment_prefix: str = "hashbench"
 
 
+class TuneSettings(_Strict):
+    """``hashbench tune``: hyperparameter search on the bench trial code (see pipeline/tune.py).
+
+    ``spaces.<method>.<hyperparameter>`` is one distribution: ``{loguniform: [lo, hi]}``,
+    ``{uniform: [lo, hi]}``, ``{randint: [lo, hi]}`` (integers, hi inclusive), ``{choice: [a, b, ...]}``
+    or ``{grid: [a, b, ...]}``; a hyperparameter is a field of the method's parameters or a training
+    setting written ``train.optimizer.lr``, ``train.batch_size``."""
+
+    metric: str = Field("auto", description="metric on the validation split, e.g. i2t/map@all; auto: the method's first direction's map@all")
+    mode: Literal["max", "min"] = "max"
+    search: Literal["optuna", "random", "grid"] = "optuna"
+    scheduler: Literal["fifo", "asha"] = Field(
+        "fifo",
+        description="fifo: every trial runs all epochs. asha (early stopping) is not available yet: a trial that "
+        "ASHA stops leaves its Ray Train worker group holding CPUs and the search stalls",
+    )
+
+    @field_validator("scheduler")
+    @classmethod
+    def _scheduler(cls, v: str) -> str:
+        if v == "asha":
+            raise ValueError(
+                "'asha' is not available yet: a trial stopped early leaves its Ray Train worker group holding its CPUs "
+                "and the search stalls (known issue); use 'fifo'"
+            )
+        return v
+    num_samples: int = Field(20, ge=1)
+    epochs: int = Field(10, ge=1, description="maximum epochs of a trial (ASHA stops weak trials earlier)")
+    grace_period: int = Field(1, ge=1)
+    reduction_factor: float = Field(2.0, gt=1)
+    validation_fraction: float = Field(0.2, gt=0, lt=1)
+    validation_seed: int = 0
+    eval_every: int = Field(1, ge=1)
+    seed: int = Field(0, description="trial seed of the search and seed of the search algorithm")
+    max_concurrent_trials: int | None = Field(None, ge=1)
+    spaces: dict[str, dict[str, dict[str, Any]]] = {}
+
+
 class ProfileConfig(_Strict):
     description: str = ""
 
@@ -127,6 +165,7 @@ class SuiteConfig(_Strict):
     train: dict[str, Any] = {}
     eval: dict[str, Any] = {}
     method_params: dict[str, dict[str, Any]] = {}
+    tuned: bool = Field(False, description="take method (and searched train) parameters from tuned/<dataset>/<method>-<bits>.yaml")
 
     @field_validator("bits")
     @classmethod
@@ -146,6 +185,7 @@ class Params(_Strict):
     eval: EvalConfig = EvalConfig()
     resources: ResourcesConfig = ResourcesConfig()
     tracking: TrackingConfig = TrackingConfig()
+    tune: TuneSettings = TuneSettings()
     suites: dict[str, SuiteConfig]
     profiles: dict[str, ProfileConfig] = {"full": ProfileConfig()}
     source: str = Field(DEFAULT_PARAMS, exclude=True)
@@ -299,6 +339,9 @@ def check_params(params: Params) -> None:
             trial_train(params, sname, m)
             method_params(params, m, suite.method_params.get(m, {}), where=f"suites.{sname}.method_params.{m}")
         _validate(EvalConfig, deep_merge(params.eval.model_dump(), suite.eval), f"suites.{sname}.eval", src)
+    from pipeline.tune_space import check_spaces
+
+    check_spaces(params)
 
 
 def method_params(params: Params, method: str, override: Mapping[str, Any], where: str | None = None) -> dict[str, Any]:
@@ -334,6 +377,8 @@ def expand_suite(params: Params, suite_name: str) -> list[TrialSpec]:
         mp = method_params(params, method, suite.method_params.get(method, {}))
         train = trial_train(params, suite_name, method)
         for bits in suite.bits:
+            if suite.tuned:
+                mp, train = apply_tuned(params, suite.dataset, method, bits, suite.method_params.get(method, {}), trial_train(params, suite_name, method))
             for seed in suite.seeds:
                 trials.append(
                     TrialSpec(
@@ -350,6 +395,29 @@ def expand_suite(params: Params, suite_name: str) -> list[TrialSpec]:
                     )
                 )
     return trials
+
+
+def tuned_file(params: Params, dataset: str, method: str, bits: int) -> Path:
+    """Where ``hashbench tune`` writes the best configuration: tuned/<dataset>/<method>-<bits>.yaml
+    beside the params file."""
+    return Path(params.source).resolve().parent / "tuned" / dataset / f"{method}-{bits}.yaml"
+
+
+def apply_tuned(params: Params, dataset: str, method: str, bits: int, suite_override: Mapping[str, Any], train: TrainConfig) -> tuple[dict[str, Any], TrainConfig]:
+    """Method parameters and training settings with a tuned file's ``method_params``/``train`` merged
+    in (tuned values win over params.yaml and the suite's method_params). Changes the trial key."""
+    path = tuned_file(params, dataset, method, bits)
+    if not path.exists():
+        raise ConfigError(f"{path}: no tuned configuration for {method} at {bits} bits on {dataset} (a suite has tuned: true); run `hashbench tune --method {method} --dataset {dataset} --bits {bits}`")
+    try:
+        body = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(body, dict) or not isinstance(body.get("method_params", {}), dict):
+        raise ConfigError(f"{path}: expected a mapping with 'method_params'")
+    mp = method_params(params, method, deep_merge(suite_override, body.get("method_params") or {}), where=f"{path}: method_params")
+    train_cfg = _validate(TrainConfig, deep_merge(train.model_dump(), body.get("train") or {}), "train", str(path))
+    return mp, train_cfg
 
 
 def params_hash(path: str | Path = DEFAULT_PARAMS) -> str:

@@ -22,6 +22,15 @@ groups: a stable counting sort of the small-integer distances, O(N) per query (p
 then the ranks of the relevant items. With cut-offs only (no @all), only the items up to the distance
 where the largest cut-off falls are sorted.
 
+Compiled kernel: ``pipeline/_hamming_kernel.c`` (an optional extension built by ``setup.py``; loaded with
+ctypes by :mod:`pipeline.kernels`, runs without the GIL, so query blocks use all threads in every tie
+mode) does the same work with no sort at all: one pass per query builds the (distance, gain) histogram
+and, with one running counter per tie-rule key, gives every relevant item its rank within its key; the
+prefix sums of the histogram turn those into global ranks. It forms each precision with the same IEEE
+operations and leaves the sums to numpy, so both paths give bit-identical results (tested).
+``HASHBENCH_METRICS_BACKEND=numpy|kernel`` forces a path; by default the kernel is used when it was
+built, else the numpy path below (the choice is logged once, logger ``pipeline.metrics``).
+
 Tie rules (``ties=``) of every ranking metric
 ---------------------------------------------
 * ``"expected"`` (default): the expected value over all orderings of the items tied at one distance,
@@ -625,6 +634,123 @@ class _RowKernel:
             out.gain_hist[qi] = np.bincount(g, minlength=self.n_gain)[: self.n_gain]
 
 
+def _u64_rows(words: np.ndarray) -> np.ndarray:
+    """(items, W) unsigned words (any width) -> (items, ceil(bytes/8)) uint64, item-major, zero padded."""
+    a = np.ascontiguousarray(words)
+    b = a.view(np.uint8).reshape(a.shape[0], -1)
+    nb = -(-b.shape[1] // 8) * 8
+    if nb != b.shape[1]:
+        b = np.concatenate([b, np.zeros((b.shape[0], nb - b.shape[1]), np.uint8)], axis=1)
+    return np.ascontiguousarray(b).view(np.uint64)
+
+
+class _KernelRows:
+    """The compiled kernel (pipeline/_hamming_kernel.c) behind the numpy path's interface: same outputs,
+    bit for bit (the kernel forms every precision with the same IEEE operations; numpy does the sums).
+
+    Index ties need no sort: pass 1 histograms (distance, gain) per query, the prefix sums give the
+    first rank of every tie-rule key, and pass 2 in database order hands out ranks with one running
+    counter per key, writing the precision at each relevant item at its place in rank order."""
+
+    _TIE = {"index": 0, "optimistic": 1, "pessimistic": 2}
+
+    @classmethod
+    def make(cls, prob: _Problem, spec: _Spec, out: _Output, n_gain: int):
+        from pipeline import kernels
+
+        if kernels.backend() != "kernel":
+            return None
+        d1 = prob.nbits + 1
+        keys = d1 if spec.ties in ("index", "expected") else d1 * n_gain
+        if keys > 65536 or n_gain > 65536:
+            return None  # keys and gains are uint16 in the kernel: numpy path
+        return cls(prob, spec, out, n_gain, kernels.load_kernel())
+
+    def __init__(self, prob: _Problem, spec: _Spec, out: _Output, n_gain: int, lib):
+        self.prob, self.spec, self.out, self.n_gain, self.lib = prob, spec, out, n_gain, lib
+        lab = prob.labels
+        self.qc = _u64_rows(prob.q_words)
+        self.dc = _u64_rows(prob.db_words.T)
+        if lab.kind == "ids":
+            self.lkind, self.ql, self.dl = 0, lab.q.astype(np.int64), lab.db.astype(np.int64)
+        else:
+            self.lkind, self.ql, self.dl = 1, _u64_rows(lab.q), _u64_rows(lab.db.T)
+        self.wc, self.wl = self.qc.shape[1], (self.ql.shape[1] if self.lkind else 1)
+        self.graded = int(spec.graded and lab.kind == "multi")
+        n = prob.n_db
+        self.nb = (prob.nbits + 1) * n_gain
+        if spec.ties != "expected":
+            self.ks_eff = np.array([_k_eff(k, n) for k in spec.ks], dtype=np.int64)
+            self.limit = n if (any(k is None for k in spec.ks) or int(self.ks_eff.max()) >= n) else int(self.ks_eff.max())
+            self.inv_ranks = 1.0 / np.arange(1, n + 1, dtype=np.float64)
+
+    def _fill_counts(self, q0: int, q1: int, hist: np.ndarray) -> None:
+        j = hist.reshape(q1 - q0, self.prob.nbits + 1, self.n_gain)
+        c = self.out.counts
+        items = c.items[q0:q1] = j.sum(axis=2)
+        c.relevant[q0:q1] = items - j[:, :, 0]
+        c.gain[q0:q1] = j @ np.arange(self.n_gain)
+        c.gain_hist[q0:q1] = j.sum(axis=1)
+        self.out.total_relevant[q0:q1] = c.relevant[q0:q1].sum(axis=1)
+
+    def block(self, q0: int, q1: int) -> None:
+        if self.spec.ties == "expected":
+            hist = np.empty((q1 - q0, self.nb), dtype=np.int64)
+            hs = np.empty(self.lib.hb_segments() * self.nb, dtype=np.int64)
+            self.lib.hb_hist(
+                self.qc.ctypes.data, self.dc.ctypes.data, self.prob.n_db, self.wc, self.lkind, self.ql.ctypes.data,
+                self.dl.ctypes.data, self.wl, self.graded, self.n_gain, self.prob.nbits, q0, q1, hist.ctypes.data,
+                hs.ctypes.data,
+            )
+            if self.out.counts is not None:
+                self._fill_counts(q0, q1, hist)
+            return
+        self._ranked_block(q0, q1)
+
+    def _ranked_block(self, q0: int, q1: int) -> None:
+        spec, out, n, lib = self.spec, self.out, self.prob.n_db, self.lib
+        n_keys = self.nb if spec.ties != "index" else self.prob.nbits + 1
+        size = max(1, min(n, self.limit))
+        hist = np.empty((q1 - q0, self.nb), dtype=np.int64)
+        scratch = np.empty(lib.hb_segments() * (self.nb + 2 * n_keys) + 2 * (n + 1), np.int64)
+        prec, pos, gains = np.empty(size, np.float64), np.empty(size, np.int64), np.empty(size, np.uint16)
+        nw = np.zeros(1, np.int64)
+        tie = self._TIE[spec.ties]
+        qstride, lstride = self.wc * 8, (self.wl * 8 if self.lkind else 8)
+        qc0, ql0 = self.qc.ctypes.data, self.ql.ctypes.data
+        args_mid = (self.dc.ctypes.data, n, self.wc, self.lkind)
+        args_lab = (self.dl.ctypes.data, self.wl, self.graded, self.n_gain, self.prob.nbits, tie, self.limit)
+        args_buf = (scratch.ctypes.data, self.inv_ranks.ctypes.data,
+                    prec.ctypes.data, pos.ctypes.data, gains.ctypes.data, nw.ctypes.data)
+        hist0 = hist.ctypes.data
+        ks_eff, dcg_on = self.ks_eff, out.dcg is not None
+        for qi in range(q0, q1):
+            r_tot = lib.hb_rank(qc0 + qi * qstride, *args_mid, ql0 + qi * lstride, *args_lab,
+                                hist0 + (qi - q0) * self.nb * 8, *args_buf)
+            out.total_relevant[qi] = r_tot
+            m = int(nw[0])
+            p = pos[:m]
+            found = np.searchsorted(p, ks_eff)
+            out.rel_found[qi] = found
+            if m == 0:
+                out.prec_sum[qi] = 0.0
+                if dcg_on:
+                    out.dcg[qi] = 0.0
+                continue
+            out.prec_sum[qi] = [prec[:f].sum() for f in found.tolist()]
+            if dcg_on:
+                top = int(found.max())
+                g = gains[:top].astype(np.float64) if self.graded else 1.0
+                dcg = g / np.log2(p[:top] + 2.0)
+                out.dcg[qi] = [dcg[:f].sum() for f in found.tolist()]
+        j = hist.reshape(q1 - q0, self.prob.nbits + 1, self.n_gain)
+        if out.counts is not None:
+            self._fill_counts(q0, q1, hist)
+            out.total_relevant[q0:q1] = (j.sum(axis=2) - j[:, :, 0]).sum(axis=1)
+        elif out.dcg is not None:
+            out.gain_hist[q0:q1] = j.sum(axis=1)
+
+
 def _default_block(n_query: int, n_threads: int) -> int:
     return max(1, min(256, -(-n_query // (8 * n_threads))))
 
@@ -648,9 +774,14 @@ def _run(prob: _Problem, spec: _Spec, block_size: int | None, n_threads: int | N
         if spec.dcg:
             out.dcg = np.zeros((nq, nk))
             out.gain_hist = counts.gain_hist if counts is not None else np.zeros((nq, n_gain), np.int64)
-    # np.bincount holds the GIL, so the count-only path ("expected") does not gain from threads (measured:
-    # slower with 2); the sorting path of the deterministic tie rules does. An explicit n_threads wins.
-    threads = 1 if (n_threads is None and spec.ties == "expected") else _resolve_threads(n_threads)
+    kernel = _KernelRows.make(prob, spec, out, n_gain)
+    # np.bincount holds the GIL, so the numpy count-only path ("expected") does not gain from threads
+    # (measured: slower with 2); the sorting path of the deterministic tie rules and the compiled kernel
+    # (which runs without the GIL) do. An explicit n_threads wins.
+    if n_threads is None and spec.ties == "expected" and kernel is None:
+        threads = 1
+    else:
+        threads = _resolve_threads(n_threads)
     if block_size is None:
         block_size = _default_block(nq, threads)
     elif int(block_size) < 1:
@@ -658,9 +789,12 @@ def _run(prob: _Problem, spec: _Spec, block_size: int | None, n_threads: int | N
     blocks = [(s, min(nq, s + int(block_size))) for s in range(0, nq, int(block_size))]
 
     def work(block: tuple[int, int]) -> None:
-        kernel = _RowKernel(prob, spec, out, n_gain)
+        if kernel is not None:
+            kernel.block(*block)
+            return
+        rows = _RowKernel(prob, spec, out, n_gain)
         for qi in range(*block):
-            kernel.row(qi)
+            rows.row(qi)
 
     if threads == 1 or len(blocks) == 1:
         for b in blocks:

@@ -68,8 +68,12 @@ class BenchSummary:
 class _RayObserver:
     """Per-epoch metrics: to Ray Train (forwarded to Tune) and, on rank 0, to the MLflow run."""
 
-    def __init__(self, uri: str, run_id: str, rank: int, report_every: int = 1):
+    def __init__(self, uri: str, run_id: str, rank: int, report_every: int = 1, sticky: bool = False):
         self.uri, self.run_id, self.rank, self.report_every = uri, run_id, rank, max(1, report_every)
+        # sticky (tune): every report repeats the latest value of each metric, so a searcher that
+        # needs its metric in every result (OptunaSearch) finds it even between evaluations
+        self.sticky = sticky
+        self.latest: dict[str, float] = {}
 
     def on_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
         import ray.train
@@ -77,8 +81,12 @@ class _RayObserver:
         if self.rank == 0:
             tracking.log_metrics(self.uri, self.run_id, metrics, step=epoch)
         # every worker decides alike (by epoch number), so the reports stay in step across workers
+        dotted = {k.replace("/", "."): v for k, v in metrics.items()}
+        if self.sticky:
+            self.latest.update(dotted)
+            dotted = dict(self.latest)
         if epoch % self.report_every == 0:
-            ray.train.report({"epoch": epoch, **{k.replace("/", "."): v for k, v in metrics.items()}})
+            ray.train.report({"epoch": epoch, **dotted})
 
 
 def _worker_loop(config: dict) -> None:
@@ -100,8 +108,8 @@ def _worker_loop(config: dict) -> None:
 
         device = str(ray.train.torch.get_device())
     torch.set_num_threads(max(1, int(config["cpus_per_worker"])))
-    observer = _RayObserver(config["tracking_uri"], config["run_id"], rank, config.get("ray_report_every", 1))
-    outcome = run_trial(spec, Path(config["prepared_dir"]), observer, device=device)
+    observer = _RayObserver(config["tracking_uri"], config["run_id"], rank, config.get("ray_report_every", 1), sticky=bool(config.get("validation")))
+    outcome = run_trial(spec, Path(config["prepared_dir"]), observer, device=device, validation=config.get("validation"))
     if rank == 0:
         final = outcome.evaluation.flat_metrics()
         final.update(train_seconds=outcome.train_seconds, eval_seconds=outcome.eval_seconds, n_parameters=outcome.n_parameters)
@@ -111,7 +119,7 @@ def _worker_loop(config: dict) -> None:
         with open(config["outcome_file"], "wb") as f:
             pickle.dump({"train_seconds": outcome.train_seconds, "eval_seconds": outcome.eval_seconds, "metrics": final}, f)
     # ("done" is reserved by Tune: it would end the trial and kill the Train controller)
-    ray.train.report({"trial_complete": 1.0, "epoch": spec.train.epochs})
+    ray.train.report({**observer.latest, "trial_complete": 1.0, "epoch": spec.train.epochs})
 
 
 def _trial_driver(tune_config: dict, specs: dict[str, dict], settings: dict) -> None:
@@ -120,7 +128,12 @@ def _trial_driver(tune_config: dict, specs: dict[str, dict], settings: dict) -> 
     Tune's config holds only the trial key (so its progress table stays readable); the resolved
     specs and the shared settings come through ``tune.with_parameters``.
     """
-    config = {**settings, "spec": specs[tune_config["trial"]]}
+    _drive(specs[tune_config["trial"]], settings)
+
+
+def _drive(spec_json: dict, settings: dict, extra_tags: dict[str, str] | None = None) -> None:
+    """Body of a Tune trial (bench's grid and ``hashbench tune``): MLflow run + TorchTrainer."""
+    config = {**settings, "spec": spec_json}
     import pickle
     import tempfile
 
@@ -132,7 +145,7 @@ def _trial_driver(tune_config: dict, specs: dict[str, dict], settings: dict) -> 
     t0 = time.perf_counter()
     spec = TrialSpec.model_validate(config["spec"])
     uri = config["tracking_uri"]
-    run_id = tracking.start_trial_run(uri, config["experiment_id"], spec, config["provenance"])
+    run_id = tracking.start_trial_run(uri, config["experiment_id"], spec, {**config["provenance"], **(extra_tags or {})})
     res = config["resources"]
     worker_resources = {"CPU": res["cpus_per_worker"]}
     if config["use_gpu"]:

@@ -93,8 +93,27 @@ def _average_gradients(module: torch.nn.Module, world: int) -> None:
             p.grad /= world
 
 
-def run_trial(spec: TrialSpec, prepared_dir: Path, observer: TrialObserver | None = None, device: str | None = None) -> TrialOutcome:
-    """Train ``spec.method`` on the prepared dataset, then encode and evaluate every direction."""
+@dataclass(frozen=True)
+class Validation:
+    """Tuning mode of :func:`run_trial`: a validation split carved (seeded) from the training split
+    (queries = held-out training items, database = training = the remaining items) replaces the
+    protocol's query/database, and the metrics are computed on it every ``every`` epochs (and after
+    the last), reported to the observer with the final metrics' names (e.g. ``i2t/map@all``)."""
+
+    fraction: float = 0.2
+    seed: int = 0
+    every: int = 1
+
+
+def run_trial(
+    spec: TrialSpec, prepared_dir: Path, observer: TrialObserver | None = None, device: str | None = None, validation: Validation | dict | None = None
+) -> TrialOutcome:
+    """Train ``spec.method`` on the prepared dataset, then encode and evaluate every direction.
+
+    With ``validation`` (tuning), training and evaluation use the validation split (the protocol's
+    queries are never touched) and the validation metrics are reported per epoch."""
+    if isinstance(validation, dict):
+        validation = Validation(**validation)
     observer = observer or TrialObserver()
     dev = resolve_device(device or spec.train.device)
     rank, world = _distributed_world()
@@ -106,7 +125,12 @@ def run_trial(spec: TrialSpec, prepared_dir: Path, observer: TrialObserver | Non
         )
     seed_everything(spec.seed)
     ds = PreparedDataset(prepared_dir)
-    data = SplitData(ds, spec.protocol, cls.modalities)
+    if validation is not None:
+        data = SplitData(ds, spec.protocol, cls.modalities, validation_fraction=validation.fraction, validation_seed=validation.seed)
+        every = validation.every or spec.train.eval_every or 1
+        quick_eval = spec.eval.model_copy(update={"index": spec.eval.index.model_copy(update={"kinds": []}), "random_baseline": False})
+    else:
+        data = SplitData(ds, spec.protocol, cls.modalities)
     info = ds.info(spec.protocol)
     method = create_method(spec.method, spec.method_params, info, spec.bits).to(dev)
     n_params = sum(p.numel() for p in method.parameters())
@@ -162,6 +186,16 @@ def run_trial(spec: TrialSpec, prepared_dir: Path, observer: TrialObserver | Non
         bad = [k for k, v in metrics.items() if not math.isfinite(v)]
         if bad:
             raise TrainingError(f"{spec.key()}: non-finite values after epoch {epoch}: {bad}")
+        if validation is not None and (epoch == 0 or (epoch + 1) % every == 0 or epoch + 1 == spec.train.epochs):
+            method.eval()
+            val = evaluate_codes(
+                encode_parts(method, data, bs, dev),
+                query_labels=data.query.labels,
+                db_labels=data.database.labels,
+                directions=retrieval_directions(cls.modalities),
+                cfg=quick_eval,
+            )
+            metrics.update(val.flat_metrics())
         history.append({"epoch": epoch, **metrics})
         observer.on_epoch(epoch, metrics)
     train_seconds = time.perf_counter() - t0

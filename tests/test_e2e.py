@@ -29,8 +29,8 @@ def _run(cmd: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess:
 
 def _tiny_params() -> dict:
     p = yaml.safe_load((REPO / "params.yaml").read_text())
-    for name in ("demo-wikipedia", "demo-digits"):
-        p["suites"][name].update(bits=[16], seeds=[0, 1], train={"epochs": 3})
+    for name, methods in (("demo-wikipedia", ["dcmh"]), ("demo-digits", ["csq"])):
+        p["suites"][name].update(methods=methods, bits=[16], seeds=[0, 1], train={"epochs": 3})
     p["eval"]["index"]["latency_queries"] = 20
     return p
 

@@ -20,6 +20,17 @@ from pipeline.errors import HashBenchError
 
 NORMS = ("retrieved", "min_k_total", "total")
 
+_HAVE_KERNEL = __import__("pipeline.kernels", fromlist=["load_kernel"]).load_kernel() is not None
+
+
+@pytest.fixture(autouse=True, params=["numpy", "kernel"])
+def metrics_backend(request, monkeypatch):
+    """Every test runs on both backends: the numpy path and the compiled kernel (skipped when not built)."""
+    if request.param == "kernel" and not _HAVE_KERNEL:
+        pytest.skip("compiled kernel pipeline._hamming_kernel not built")
+    monkeypatch.setenv("HASHBENCH_METRICS_BACKEND", request.param)
+    return request.param
+
 
 # --------------------------------------------------------------------------------------------------
 # independent references
@@ -620,3 +631,64 @@ def test_bad_input_raises_project_errors():
         M.precision_recall_at_k(qc, dc, ql, dl, None)
     with pytest.raises(M.MetricsError, match="empty_ball"):
         M.pr_curve(qc, dc, ql, dl, empty_ball="nan")
+
+
+# --------------------------------------------------------------------------------------------------
+# compiled kernel == numpy path, bit for bit
+# --------------------------------------------------------------------------------------------------
+
+
+def _all_outputs(qc, dc, ql, dl, ties, backend, monkeypatch, **kw):
+    monkeypatch.setenv("HASHBENCH_METRICS_BACKEND", backend)
+    res = M.evaluate_retrieval(qc, dc, ql, dl, topk=(1, 7, 150, 10_000), ties=ties, **kw)
+    ap = M.average_precision(qc, dc, ql, dl, k=[None, 5, 99, 400], ties=ties, **kw)
+    ap_cut = M.average_precision(qc, dc, ql, dl, k=[3, 60], ties=ties, ap_norm="min_k_total", **kw)
+    nd = M.ndcg_at_k(qc, dc, ql, dl, 33, ties=ties, **kw)
+    pr = M.precision_recall_at_k(qc, dc, ql, dl, 77, ties=ties, **kw)
+    counts = M.hamming_distance_counts(qc, dc, ql, dl, graded=True, **kw)
+    return res, ap, ap_cut, nd, pr, counts
+
+
+@pytest.mark.skipif(not _HAVE_KERNEL, reason="compiled kernel not built")
+@pytest.mark.parametrize("nbits", [8, 16, 24, 64, 72, 128, 256])
+@pytest.mark.parametrize("labels", ["single", "multi", "multi-wide"])
+def test_kernel_and_numpy_paths_are_bit_identical(nbits, labels, monkeypatch, metrics_backend):
+    if metrics_backend != "numpy":
+        pytest.skip("compares both backends itself")
+    rng = np.random.default_rng(nbits * 7 + len(labels))
+    if labels == "single":
+        qc, dc, ql, dl = random_problem(rng, 9, 1500, nbits, n_classes=4)
+    else:
+        qc, dc, ql, dl = random_problem(rng, 9, 1500, nbits, n_labels=6 if labels == "multi" else 70, density=0.1)
+    # many ties: the database repeats a few codes, and one query equals a database item
+    dc = dc[rng.integers(0, 40, dc.shape[0])]
+    qc[0] = dc[5]
+    for ties in M.TIE_MODES:
+        a = _all_outputs(qc, dc, ql, dl, ties, "numpy", monkeypatch)
+        b = _all_outputs(qc, dc, ql, dl, ties, "kernel", monkeypatch, n_threads=2, block_size=2)
+        assert a[0].values == b[0].values
+        np.testing.assert_array_equal(a[0].per_query_ap, b[0].per_query_ap)
+        for key in a[0].pr_curve:
+            np.testing.assert_array_equal(a[0].pr_curve[key], b[0].pr_curve[key])
+        for x, y in zip(a[1:5], b[1:5]):
+            np.testing.assert_array_equal(x, y)
+        for f in ("items", "relevant", "gain", "gain_hist"):
+            np.testing.assert_array_equal(getattr(a[5], f), getattr(b[5], f))
+
+
+def test_backend_selection(monkeypatch):
+    from pipeline import kernels
+
+    monkeypatch.setenv("HASHBENCH_METRICS_BACKEND", "numpy")
+    assert kernels.backend() == "numpy"
+    monkeypatch.setenv("HASHBENCH_METRICS_BACKEND", "bogus")
+    with pytest.raises(HashBenchError, match="HASHBENCH_METRICS_BACKEND"):
+        kernels.backend()
+    monkeypatch.setenv("HASHBENCH_METRICS_BACKEND", "auto")
+    assert kernels.backend() == ("kernel" if _HAVE_KERNEL else "numpy")
+    monkeypatch.setenv("HASHBENCH_METRICS_BACKEND", "kernel")
+    if _HAVE_KERNEL:
+        assert kernels.backend() == "kernel"
+    else:
+        with pytest.raises(HashBenchError, match="not built"):
+            kernels.backend()

@@ -72,18 +72,38 @@ class PartView:
 class SplitData:
     """The query, train and database parts of one protocol, sharing the training statistics."""
 
-    def __init__(self, ds: PreparedDataset, protocol: str, modalities: Sequence[str]):
+    def __init__(self, ds: PreparedDataset, protocol: str, modalities: Sequence[str], validation_fraction: float | None = None, validation_seed: int = 0):
         self.ds = ds
         self.protocol = protocol
         self.split = ds.split(protocol)
         self.modalities = tuple(modalities)
+        train_idx, query_idx, db_idx = self.split.train, self.split.query, self.split.database
+        self.validation = bool(validation_fraction)
+        if validation_fraction:
+            # tuning: never look at the reporting queries; carve queries from the training split
+            train_idx, query_idx = carve_validation(self.split.train, validation_fraction, validation_seed)
+            db_idx = train_idx
         stats = {}
         for m in self.modalities:
             if ds.modality_spec(m).kind == "features":
-                x = np.asarray(ds.modality(m)[np.sort(self.split.train)], dtype=np.float64)
+                x = np.asarray(ds.modality(m)[np.sort(train_idx)], dtype=np.float64)
                 std = x.std(0)
                 std[std < 1e-8] = 1.0
                 stats[m] = (x.mean(0).astype(np.float32), std.astype(np.float32))
-        self.train = PartView(ds, self.split.train, self.modalities, stats)
-        self.query = PartView(ds, self.split.query, self.modalities, stats)
-        self.database = PartView(ds, self.split.database, self.modalities, stats)
+        self.train = PartView(ds, train_idx, self.modalities, stats)
+        self.query = PartView(ds, query_idx, self.modalities, stats)
+        self.database = PartView(ds, db_idx, self.modalities, stats)
+
+
+def carve_validation(train: np.ndarray, fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Split training indices into (remaining training items, held-out validation queries), seeded.
+
+    The validation protocol of ``hashbench tune``: queries are the held-out training items, the
+    database and the training set are the remaining training items; the test queries are untouched.
+    """
+    train = np.asarray(train, dtype=np.int64)
+    if not 0 < fraction < 1:
+        raise ValueError(f"validation fraction must be in (0, 1), got {fraction}")
+    n_val = max(1, int(round(len(train) * fraction)))
+    perm = np.random.default_rng(seed).permutation(len(train))
+    return np.sort(train[perm[n_val:]]), np.sort(train[perm[:n_val]])

@@ -1,0 +1,331 @@
+"""``hashbench tune``: hyperparameter search (or a one-parameter sweep) on the bench trial code.
+
+    hashbench tune --method csq --dataset wikipedia --bits 32            Optuna + ASHA (tune: in params.yaml)
+    hashbench tune --method dcmh --dataset wikipedia --bits 16 --search random --num-samples 20
+    hashbench tune --method csq --dataset wikipedia --bits 32 --sweep csq.lambda_q=0.001,0.01,0.1
+
+* Same trainer and evaluation as ``bench``: every Tune trial runs :func:`pipeline.runner._drive`
+  (MLflow run + Ray Train ``TorchTrainer`` whose workers call :func:`pipeline.train_loop.run_trial`),
+  with ``validation`` set: a seeded validation split is carved from the *training* split
+  (``tune.validation_fraction``; queries = held-out training items, database = training = the rest),
+  so tuning never sees the protocol's query set used for reporting. The validation metric is
+  reported every epoch; the ASHA scheduler stops weak trials from it.
+* MLflow: experiment ``<prefix>/tune/<dataset>/<method>-<bits>``; one parent run per search, every
+  trial a child run (tag ``mlflow.parentRunId``). A failing trial is FAILED with ``hashbench.error``;
+  a trial stopped early by ASHA is KILLED with ``hashbench.tune_status=stopped_early``.
+* Resume: the Tune experiment lives in ``.hashbench/ray/tune/<name>``; rerunning the same command
+  restores it (``Tuner.restore``) and runs only what did not finish.
+* Output: the best configuration in ``tuned/<dataset>/<method>-<bits>.yaml`` (``method_params`` and any
+  searched ``train`` settings), which a suite takes with ``tuned: true`` (the trial keys change with
+  the parameters), and ``reports/tune/<dataset>-<method>-<bits>.html`` with the sensitivity plots.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline import runner, tracking
+from pipeline.config import EvalConfig, Params, TrialSpec, deep_merge, method_params, params_hash, tuned_file, _validate
+from pipeline.data.formats import PreparedDataset
+from pipeline.errors import ConfigError
+from pipeline.paths import ProjectPaths
+from pipeline.tune_space import check_distribution, parse_sweep, split_sample, to_ray
+
+log = logging.getLogger(__name__)
+
+TAG_PARENT = "mlflow.parentRunId"
+TAG_SEARCH = "hashbench.tune_search"
+
+
+@dataclass
+class TuneSummary:
+    name: str
+    parent_run_id: str
+    experiment_id: str
+    metric: str
+    mode: str
+    trials: list[dict[str, Any]] = field(default_factory=list)
+    best: dict[str, Any] | None = None
+    best_file: Path | None = None
+    report: Path | None = None
+    wall_seconds: float = 0.0
+
+
+def default_metric(method: str) -> str:
+    from methods.registry import get_method_class
+    from pipeline.evaluate import direction_name, retrieval_directions
+
+    q, d = retrieval_directions(get_method_class(method).modalities)[0]
+    return f"{direction_name(q, d)}/map@all"
+
+
+def base_spec(params: Params, method: str, dataset: str, bits: int, seed: int, epochs: int, name: str) -> TrialSpec:
+    """The trial everything is sampled around: params.yaml's method parameters and training settings."""
+    from methods.registry import get_method_class
+    from pipeline.data.registry import get_dataset
+
+    if dataset not in params.datasets:
+        raise ConfigError(f"{params.source}: dataset {dataset!r} is not configured under 'datasets'")
+    spec = get_dataset(dataset)
+    cls = get_method_class(method)
+    missing = [m for m in cls.modalities if m not in spec.modalities]
+    if missing:
+        raise ConfigError(f"method {method!r} needs modalities {list(cls.modalities)}, dataset {dataset!r} has {list(spec.modalities)}")
+    if bits <= 0 or bits % 8:
+        raise ConfigError(f"--bits {bits} is not a positive multiple of 8")
+    train = deep_merge(params.train.model_dump(), (params.methods.get(method) or {}).get("train") or {})
+    train["epochs"] = epochs
+    eval_cfg = params.eval.model_copy(update={"random_baseline": False})
+    return TrialSpec(
+        suite=name,
+        dataset=dataset,
+        protocol=spec.default_protocol,
+        method=method,
+        bits=bits,
+        seed=seed,
+        method_params=method_params(params, method, {}),
+        dataset_params=params.dataset_params(dataset).model_dump(mode="json"),
+        train=_validate(type(params.train), train, "train", params.source),
+        eval=eval_cfg,
+    )
+
+
+def _tune_driver(tune_config: dict, base: dict, settings: dict, parent: str) -> None:
+    """One Tune trial of a search: the sampled configuration applied to the base spec, then bench's body."""
+    from pipeline.config import TrainConfig
+
+    sample = {k: v for k, v in tune_config.items() if k != "seed"}
+    mp, train = split_sample(sample)
+    body = dict(base)
+    body["method_params"] = {**base["method_params"], **mp}
+    body["train"] = TrainConfig.model_validate(deep_merge(base["train"], train)).model_dump(mode="json")
+    if "seed" in tune_config:
+        body["seed"] = int(tune_config["seed"])
+    # a sample the method rejects fails inside the trial (its MLflow run is FAILED with the reason)
+    runner._drive(body, settings, extra_tags={TAG_PARENT: parent, TAG_SEARCH: body["suite"], "hashbench.tune_sample": repr(sample)})
+
+
+def _parent_run(uri: str, exp_id: str, name: str, info: dict[str, str]) -> str:
+    """The search's parent run: reused when resuming (same search name), else created."""
+    c = tracking.client(uri)
+    found = c.search_runs([exp_id], filter_string=f"tags.`{TAG_SEARCH}` = '{name}' and tags.`hashbench.tune_parent` = '1'", max_results=1)
+    if found:
+        run_id = found[0].info.run_id
+        if found[0].info.status != "RUNNING":
+            c.update_run(run_id, "RUNNING")
+        return run_id
+    run = c.create_run(exp_id, tags={TAG_SEARCH: name, "hashbench.tune_parent": "1", **info}, run_name=name)
+    return run.info.run_id
+
+
+def run_tune(
+    params: Params,
+    paths: ProjectPaths,
+    *,
+    method: str,
+    dataset: str,
+    bits: int,
+    params_file: Path,
+    search: str | None = None,
+    num_samples: int | None = None,
+    epochs: int | None = None,
+    sweep: str | None = None,
+    fresh: bool = False,
+) -> TuneSummary:
+    """Run (or resume) a search; write the best configuration and the sensitivity report."""
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    t0 = time.perf_counter()
+    cfg = params.tune
+    search = search or cfg.search
+    metric = cfg.metric if cfg.metric != "auto" else default_metric(method)
+    epochs = epochs or cfg.epochs
+    seeds = [cfg.seed]
+    if sweep:
+        smethod, sname, values = parse_sweep(sweep)
+        if smethod != method:
+            raise ConfigError(f"--sweep {sweep!r} names method {smethod!r} but --method is {method!r}")
+        space = {sname: {"grid": values}}
+        seeds = _suite_seeds(params, dataset, method)
+        search = "grid"
+        name = f"sweep-{dataset}-{method}-{bits}b-{sname}"
+    else:
+        space = params.tune.spaces.get(method)
+        if not space:
+            raise ConfigError(f"{params.source}: tune.spaces.{method}: no search space for method {method!r}; declare e.g. tune.spaces.{method}.<param>: {{loguniform: [1e-4, 1e-1]}}")
+        name = f"tune-{dataset}-{method}-{bits}b"
+    from pipeline.tune_space import _check_name
+
+    for pname, dist in space.items():
+        where = f"{params.source}: tune.spaces.{method}.{pname}"
+        _check_name(params, method, pname, where)
+        check_distribution(where, dist)
+
+    base = base_spec(params, method, dataset, bits, cfg.seed, epochs, name)
+    prepared_dir = paths.prepared(dataset)
+    ds = PreparedDataset(prepared_dir)
+    uri = tracking.tracking_uri(params.tracking, paths)
+    exp_name = f"{params.tracking.experiment_prefix}/tune/{dataset}/{method}-{bits}"
+    exp_id = tracking.ensure_experiment(uri, exp_name, tracking.artifact_location(params.tracking, paths, exp_name.replace("/", "-")))
+    storage = paths.ray_storage / "tune"
+    exp_path = storage / name
+    if fresh and exp_path.exists():
+        import shutil
+
+        shutil.rmtree(exp_path)
+    parent = _parent_run(
+        uri,
+        exp_id,
+        name,
+        {
+            "hashbench.metric": metric,
+            "hashbench.validation": f"fraction={cfg.validation_fraction} seed={cfg.validation_seed} of the training split (queries = held-out training items; database = training = the rest)",
+            "hashbench.search": search,
+        },
+    )
+
+    runner._init_ray(params.resources.ray_address)
+    res = params.resources
+    use_gpu = res.use_gpu if res.use_gpu != "auto" else ray.cluster_resources().get("GPU", 0) > 0
+    settings = {
+        "tracking_uri": uri,
+        "experiment_id": exp_id,
+        "prepared_dir": str(prepared_dir),
+        "provenance": tracking.provenance_tags(paths, params_file, params_hash(params_file), ds.manifest_sha256),
+        "use_gpu": bool(use_gpu),
+        "resources": res.model_dump(),
+        "cpus_per_worker": res.cpus_per_worker,
+        "storage_path": str(paths.ray_storage / "train"),
+        "ray_report_every": 1,
+        "validation": {"fraction": cfg.validation_fraction, "seed": cfg.validation_seed, "every": cfg.eval_every},
+    }
+    trainable = tune.with_resources(
+        tune.with_parameters(_tune_driver, base=base.model_dump(mode="json"), settings=settings, parent=parent),
+        runner._driver_resources(ray.cluster_resources()),
+    )
+    tune_metric = metric.replace("/", ".")
+    concurrent = cfg.max_concurrent_trials or res.max_concurrent_trials or runner._fitting_trials(ray.cluster_resources(), res, bool(use_gpu))
+    if tune.Tuner.can_restore(str(exp_path)):
+        log.info("resuming search %s from %s", name, exp_path)
+        tuner = tune.Tuner.restore(str(exp_path), trainable=trainable, resume_errored=False, restart_errored=False, resume_unfinished=True)
+    else:
+        param_space = to_ray(space, grid_ok=search == "grid")
+        if len(seeds) > 1:
+            param_space["seed"] = tune.grid_search(seeds)
+        search_alg = None
+        samples = 1 if search == "grid" else (num_samples or cfg.num_samples)
+        if search == "optuna":
+            from optuna.samplers import TPESampler
+            from ray.tune.search.optuna import OptunaSearch
+
+            search_alg = OptunaSearch(metric=tune_metric, mode=cfg.mode, sampler=TPESampler(seed=cfg.seed))
+        scheduler = (
+            FIFOScheduler()
+            if sweep or cfg.scheduler == "fifo"
+            else ASHAScheduler(time_attr="training_iteration", max_t=epochs + 2, grace_period=cfg.grace_period, reduction_factor=cfg.reduction_factor)
+        )
+        tuner = tune.Tuner(
+            trainable,
+            param_space=param_space,
+            tune_config=tune.TuneConfig(
+                metric=tune_metric,
+                mode=cfg.mode,
+                search_alg=search_alg,
+                scheduler=scheduler,
+                num_samples=samples,
+                max_concurrent_trials=concurrent,
+            ),
+            run_config=tune.RunConfig(name=name, storage_path=str(storage), verbose=1),
+        )
+    results = tuner.fit()
+    summary = TuneSummary(name=name, parent_run_id=parent, experiment_id=exp_id, metric=metric, mode=cfg.mode)
+    _close_children(uri, exp_id, parent)
+    for r in results:
+        cfg_ = {k: v for k, v in (r.config or {}).items()}
+        m = r.metrics or {}
+        finished = r.error is None and "trial_wall_seconds" in m
+        summary.trials.append(
+            {
+                "config": cfg_,
+                "value": m.get(tune_metric),
+                "status": "finished" if finished else ("failed" if r.error is not None else "stopped_early"),
+                "error": None if r.error is None else f"{type(r.error).__name__}: {r.error}",
+                "epochs": m.get("epoch"),
+            }
+        )
+    done = [t for t in summary.trials if t["status"] == "finished" and t["value"] is not None]
+    if done and not sweep:
+        best = (max if cfg.mode == "max" else min)(done, key=lambda t: t["value"])
+        summary.best = best
+        summary.best_file = write_best(params, dataset, method, bits, best, metric, cfg, parent, search, len(summary.trials))
+        c = tracking.client(uri)
+        c.log_metric(parent, "best_value", float(best["value"]))
+        c.set_tag(parent, "hashbench.best_config", repr(best["config"]))
+    tracking.end_run(uri, parent, "FINISHED")
+    try:
+        from pipeline.report.build import build_sensitivity
+
+        summary.report = build_sensitivity(
+            summary.trials,
+            paths.reports / "tune" / f"{dataset}-{method}-{bits}.html",
+            title=f"Sensitivity: {method} on {dataset}, {bits} bits",
+            metric=metric,
+            notes={
+                "Validation": f"{cfg.validation_fraction:.0%} of the training split held out as queries (seed {cfg.validation_seed}); "
+                "database and training = the remaining training items; the reporting query set is never used",
+                "Search": f"{search}, {len(summary.trials)} trials, up to {epochs} epochs" + ("" if sweep or cfg.scheduler == "fifo" else ", ASHA early stopping"),
+            },
+        )
+    except ImportError:  # the report module is optional for the search itself
+        pass
+    summary.wall_seconds = time.perf_counter() - t0
+    return summary
+
+
+def _suite_seeds(params: Params, dataset: str, method: str) -> list[int]:
+    for s in params.suites.values():
+        if s.dataset == dataset and method in s.methods:
+            return list(s.seeds)
+    return [params.tune.seed]
+
+
+def _close_children(uri: str, exp_id: str, parent: str) -> None:
+    """Children still RUNNING after the search were stopped by ASHA (or interrupted): mark them KILLED."""
+    c = tracking.client(uri)
+    for run in c.search_runs([exp_id], filter_string=f"tags.`{TAG_PARENT}` = '{parent}' and attributes.status = 'RUNNING'", max_results=10_000):
+        c.set_tag(run.info.run_id, "hashbench.tune_status", "stopped_early")
+        c.set_terminated(run.info.run_id, "KILLED")
+
+
+def write_best(params: Params, dataset: str, method: str, bits: int, best: dict, metric: str, cfg, parent: str, search: str, n_trials: int) -> Path:
+    """tuned/<dataset>/<method>-<bits>.yaml: what ``tuned: true`` suites take as method parameters."""
+    sample = {k: v for k, v in best["config"].items() if k != "seed"}
+    mp, train = split_sample(sample)
+    body = {
+        "method": method,
+        "dataset": dataset,
+        "bits": bits,
+        "method_params": method_params(params, method, mp),
+        "train": train,
+        "metric": metric,
+        "mode": cfg.mode,
+        "validation_value": float(best["value"]),
+        "validation": {"fraction": cfg.validation_fraction, "seed": cfg.validation_seed, "split": "held out from the training split"},
+        "search": {"algorithm": search, "trials": n_trials, "mlflow_parent_run_id": parent},
+    }
+    path = tuned_file(params, dataset, method, bits)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = "# Written by `hashbench tune`; a suite with `tuned: true` takes method_params (and train) from here.\n"
+    path.write_text(header + yaml.safe_dump(body, sort_keys=False))
+    return path
+
+
+__all__ = ["run_tune", "TuneSummary", "write_best", "default_metric"]
