@@ -652,9 +652,8 @@ def _all_outputs(qc, dc, ql, dl, ties, backend, monkeypatch, **kw):
 @pytest.mark.skipif(not _HAVE_KERNEL, reason="compiled kernel not built")
 @pytest.mark.parametrize("nbits", [8, 16, 24, 64, 72, 128, 256])
 @pytest.mark.parametrize("labels", ["single", "multi", "multi-wide"])
+@pytest.mark.parametrize("metrics_backend", ["numpy"], indirect=True)  # it switches backends itself
 def test_kernel_and_numpy_paths_are_bit_identical(nbits, labels, monkeypatch, metrics_backend):
-    if metrics_backend != "numpy":
-        pytest.skip("compares both backends itself")
     rng = np.random.default_rng(nbits * 7 + len(labels))
     if labels == "single":
         qc, dc, ql, dl = random_problem(rng, 9, 1500, nbits, n_classes=4)
