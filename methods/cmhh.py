@@ -51,7 +51,6 @@ from methods.dcmh import DCMH
 from methods.losses import similarity_from_labels
 from methods.losses.crossmodal import balance_weights, continuous_hamming, exponential_focal_loss
 from methods.registry import register_method
-from pipeline.errors import MethodError
 
 
 class CMHHParams(MethodParams):
@@ -89,12 +88,7 @@ class CMHH(DCMH):
         self.text_net = torch.nn.Sequential(self.text_net, torch.nn.Tanh())
 
     def training_step(self, batch: dict[str, torch.Tensor], phase: str) -> dict[str, torch.Tensor]:
-        if phase == "image":
-            net, own, other, x = self.image_net, self.F_buf, self.G_buf, batch["image"]
-        elif phase == "text":
-            net, own, other, x = self.text_net, self.G_buf, self.F_buf, batch["text"]
-        else:
-            raise MethodError(f"cmhh: unknown phase {phase!r}; phases are 'image' and 'text'")
+        net, own, other, x = self._phase_io(phase, batch)
         p = self.params
         idx = batch["index"]
         h = net(x)

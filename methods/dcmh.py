@@ -155,18 +155,21 @@ class DCMH(HashMethod):
         self.B_buf.copy_(sign_pm1(self.F_buf + self.G_buf))
         self._visited = {}
 
+    def _phase_io(self, phase: str, batch: dict[str, torch.Tensor]):
+        """(network, its own output buffer, the other modality's buffer, its input) for an alternating phase."""
+        if phase == "image":
+            return self.image_net, self.F_buf, self.G_buf, batch["image"]
+        if phase == "text":
+            return self.text_net, self.G_buf, self.F_buf, batch["text"]
+        raise MethodError(f"{self.name}: unknown phase {phase!r}; phases are 'image' and 'text'")
+
     def training_step(self, batch: dict[str, torch.Tensor], phase: str) -> dict[str, torch.Tensor]:
         """One mini-batch of phase (a) ``"image"`` or (b) ``"text"`` of Algorithm 1.
 
         The returned terms are the weighted contributions to ``loss`` (they sum to it), each divided
         by ``batch_size * n_train`` when ``normalize`` is on.
         """
-        if phase == "image":
-            net, own, other, x = self.image_net, self.F_buf, self.G_buf, batch["image"]
-        elif phase == "text":
-            net, own, other, x = self.text_net, self.G_buf, self.F_buf, batch["text"]
-        else:
-            raise MethodError(f"dcmh: unknown phase {phase!r}; phases are 'image' and 'text'")
+        net, own, other, x = self._phase_io(phase, batch)
         idx = batch["index"]
         out = net(x)
         s = similarity_from_labels(batch["labels"], self.train_labels)

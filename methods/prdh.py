@@ -45,7 +45,6 @@ from methods.dcmh import DCMH
 from methods.losses import bit_balance_loss, pairwise_nll, quantization_loss, similarity_from_labels
 from methods.losses.crossmodal import decorrelation_loss
 from methods.registry import register_method
-from pipeline.errors import MethodError
 
 
 class PRDHParams(MethodParams):
@@ -78,12 +77,7 @@ class PRDH(DCMH):
     )
 
     def training_step(self, batch: dict[str, torch.Tensor], phase: str) -> dict[str, torch.Tensor]:
-        if phase == "image":
-            net, own, other, x = self.image_net, self.F_buf, self.G_buf, batch["image"]
-        elif phase == "text":
-            net, own, other, x = self.text_net, self.G_buf, self.F_buf, batch["text"]
-        else:
-            raise MethodError(f"prdh: unknown phase {phase!r}; phases are 'image' and 'text'")
+        net, own, other, x = self._phase_io(phase, batch)
         p = self.params
         idx = batch["index"]
         out = net(x)
