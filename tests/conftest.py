@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 from pathlib import Path
@@ -40,3 +41,26 @@ def prepared_root(tmp_path_factory) -> Path:
         spec.fetch(params, paths.raw(name))
         spec.prepare(params, paths.raw(name), paths.prepared(name))
     return root
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny models: one intra-op thread is faster, and immune to oversubscription on a busy machine."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def trial_spec(tmp_path, repo_params, method, bits, epochs, seed=0, method_params=None, dataset="digits"):
+    """A TrialSpec for one method on a prepared dataset, built through the real config path."""
+    from pipeline.config import expand_suite, load_params
+
+    p = copy.deepcopy(repo_params)
+    p["methods"][method] = dict(method_params or {})
+    p["suites"] = {
+        "t": {"profile": "demo", "dataset": dataset, "methods": [method], "bits": [bits], "seeds": [seed], "train": {"epochs": epochs}}
+    }
+    return expand_suite(load_params(write_params(tmp_path, p)), "t")[0]

@@ -13,12 +13,7 @@ from methods.losses.crossmodal import balance_weights, continuous_hamming, expon
 from tests.test_prdh import MARGIN, wikipedia_trial
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_continuous_hamming_is_hamming_on_sign_codes():

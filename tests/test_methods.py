@@ -22,13 +22,7 @@ sklearn_datasets = pytest.importorskip("sklearn.datasets")
 N_QUERY, N_TRAIN = 200, 1000
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny models: one intra-op thread is faster, and immune to oversubscription on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # -- data ---------------------------------------------------------------------------------------

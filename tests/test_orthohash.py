@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 
 import numpy as np
 import pytest
@@ -12,26 +11,12 @@ import methods.orthohash  # noqa: F401  (registers "orthohash")
 from methods.base import DataInfo, ModalitySpec
 from methods.losses.codebook import cosine_margin_ce, cosine_quantization
 from methods.orthohash import OrthoHash, OrthoHashParams
-from tests.conftest import write_params
+from tests.conftest import trial_spec
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def _digits_trial(tmp_path, repo_params, method, bits, epochs, seed=0, method_params=None, dataset="digits"):
-    from pipeline.config import expand_suite, load_params
-
-    p = copy.deepcopy(repo_params)
-    p["methods"][method] = dict(method_params or {})
-    p["suites"] = {
-        "t": {"profile": "demo", "dataset": dataset, "methods": [method], "bits": [bits], "seeds": [seed], "train": {"epochs": epochs}}
-    }
-    return expand_suite(load_params(write_params(tmp_path, p)), "t")[0]
 
 
 def test_margin_bce_multi_label_hand_computed():
@@ -71,7 +56,7 @@ def test_class_codes_orthogonal_and_bn_code_layer():
 def test_orthohash_trains_on_digits_and_is_deterministic(tmp_path, repo_params, prepared_root):
     from pipeline.train_loop import run_trial
 
-    spec = _digits_trial(tmp_path, repo_params, "orthohash", 16, epochs=5)
+    spec = trial_spec(tmp_path, repo_params, "orthohash", 16, epochs=5)
     out = run_trial(spec, prepared_root / "data" / "prepared" / "digits")
     fm = out.evaluation.flat_metrics()
     assert fm["i2i/map@all"] > fm["i2i/random/map@all"] + 0.4, fm
@@ -86,7 +71,7 @@ def test_orthohash_multi_label_synthetic_runs(tmp_path, repo_params, prepared_ro
     """Multi-label path (synthetic data): trains, logs finite values, beats random codes."""
     from pipeline.train_loop import run_trial
 
-    spec = _digits_trial(tmp_path, repo_params, "orthohash", 16, epochs=3, method_params={}, dataset="synthetic")
+    spec = trial_spec(tmp_path, repo_params, "orthohash", 16, epochs=3, method_params={}, dataset="synthetic")
     out = run_trial(spec, prepared_root / "data" / "prepared" / "synthetic")
     fm = out.evaluation.flat_metrics()
     assert fm["i2i/map@all"] > fm["i2i/random/map@all"] + 0.05, fm

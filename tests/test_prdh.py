@@ -23,12 +23,7 @@ from tests.conftest import REPO, write_params
 import yaml
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # -- shared helper (also used by tests/test_cmhh.py) --------------------------------------------
