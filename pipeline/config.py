@@ -9,7 +9,10 @@ Layout of params.yaml (see the file itself for the documented defaults):
 * ``datasets.<name>``: dataset parameters (split seed, protocol, sizes) validated by the dataset's
   own model from the dataset registry;
 * ``methods.<name>``: hyperparameters validated by the method's ``Params`` model, plus an optional
-  ``train`` block that overrides the global training settings for that method;
+  ``train`` block that overrides the global training settings for that method. A block with a
+  ``method: <registered name>`` key defines a *variant* (an ablation such as ``crh-u: {method: crh,
+  reassign: false}``): it starts from the registered method's block (parameters and ``train``) and
+  overrides what it sets; suites list it by its own name, and runs and reports carry that name;
 * ``train``, ``eval``, ``resources``, ``tracking``: global settings;
 * ``suites.<name>``: one dataset x methods x bits x seeds, tagged with the ``profile`` it belongs
   to, with optional ``train``/``eval``/``methods`` overrides of its own;
@@ -123,20 +126,10 @@ class TuneSettings(_Strict):
     mode: Literal["max", "min"] = "max"
     search: Literal["optuna", "random", "grid"] = "optuna"
     scheduler: Literal["fifo", "asha"] = Field(
-        "fifo",
-        description="fifo: every trial runs all epochs. asha (early stopping) is not available yet: a trial that "
-        "ASHA stops leaves its Ray Train worker group holding CPUs and the search stalls",
+        "asha",
+        description="asha: ASHA (async successive halving) stops weak trials early from the per-epoch validation "
+        "metric; fifo: every trial runs all epochs. A --sweep always runs every trial to the end",
     )
-
-    @field_validator("scheduler")
-    @classmethod
-    def _scheduler(cls, v: str) -> str:
-        if v == "asha":
-            raise ValueError(
-                "'asha' is not available yet: a trial stopped early leaves its Ray Train worker group holding its CPUs "
-                "and the search stalls (known issue); use 'fifo'"
-            )
-        return v
     num_samples: int = Field(20, ge=1)
     epochs: int = Field(10, ge=1, description="maximum epochs of a trial (ASHA stops weak trials earlier)")
     grace_period: int = Field(1, ge=1)
@@ -198,6 +191,12 @@ class Params(_Strict):
         spec = get_dataset(name)
         return _validate(spec.Params, self.datasets.get(name) or {}, f"datasets.{name}", self.source)
 
+    def implementation(self, name: str) -> str:
+        """The registered method that method name ``name`` runs: ``name`` itself, or a variant's ``method``."""
+        block = self.methods.get(name) or {}
+        impl = block.get("method", name) if isinstance(block, Mapping) else name
+        return impl if isinstance(impl, str) else name
+
     def suite(self, name: str) -> SuiteConfig:
         try:
             return self.suites[name]
@@ -216,7 +215,8 @@ class TrialSpec(_Strict):
     suite: str
     dataset: str
     protocol: str
-    method: str
+    method: str  # the registered method that runs
+    variant: str | None = None  # the params.yaml name of a variant of ``method`` (None: the method itself)
     bits: int
     seed: int
     method_params: dict[str, Any]
@@ -224,15 +224,22 @@ class TrialSpec(_Strict):
     train: TrainConfig
     eval: EvalConfig
 
+    @property
+    def name(self) -> str:
+        """The method name runs and reports show: the variant's name, else the method's."""
+        return self.variant or self.method
+
     def resolved_hash(self) -> str:
-        """sha256 over everything that changes the trial's result (not the suite name)."""
-        payload = self.model_dump(mode="json", exclude={"suite"})
+        """sha256 over everything that changes the trial's result (not the suite name). The variant
+        name counts (two variants with equal parameters are two trials); without one the hash is the
+        one a plain method always had."""
+        payload = self.model_dump(mode="json", exclude={"suite"} if self.variant else {"suite", "variant"})
         blob = json.dumps(payload, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()
 
     def key(self) -> str:
         """Human-readable resume key: dataset/method/bits/seed plus the hash of the resolved params."""
-        return f"{self.dataset}/{self.method}/{self.bits}b/s{self.seed}/{self.resolved_hash()[:12]}"
+        return f"{self.dataset}/{self.name}/{self.bits}b/s{self.seed}/{self.resolved_hash()[:12]}"
 
 
 # -- loading -----------------------------------------------------------------------------------------
@@ -310,8 +317,21 @@ def check_params(params: Params) -> None:
             raise ConfigError(f"{src}: datasets.{name}: unknown dataset {name!r}; available: {', '.join(known_datasets)}")
         params.dataset_params(name)
     for name, block in params.methods.items():
-        if name not in known_methods:
-            raise ConfigError(f"{src}: methods.{name}: unknown method {name!r}; available: {', '.join(known_methods)}")
+        if block is not None and not isinstance(block, Mapping):
+            raise ConfigError(f"{src}: methods.{name}: expected a mapping of hyperparameters, got {block!r}")
+        impl = (block or {}).get("method")
+        if impl is None:
+            if name not in known_methods:
+                raise ConfigError(
+                    f"{src}: methods.{name}: unknown method {name!r}; available: {', '.join(known_methods)} "
+                    f"(a variant needs 'method: <one of these>')"
+                )
+        elif not isinstance(impl, str) or impl not in known_methods:
+            raise ConfigError(f"{src}: methods.{name}.method: {impl!r} is not a registered method; available: {', '.join(known_methods)}")
+        elif name in known_methods and impl != name:
+            raise ConfigError(f"{src}: methods.{name}.method: {name!r} is a registered method and cannot be a variant of {impl!r}; pick another name")
+        elif impl != name and "method" in (params.methods.get(impl) or {}):
+            raise ConfigError(f"{src}: methods.{name}.method: {impl!r} is itself a variant; a variant's 'method' must name a registered method")
         method_params(params, name, {})
     for sname, suite in params.suites.items():
         where = f"{src}: suites.{sname}"
@@ -323,10 +343,14 @@ def check_params(params: Params) -> None:
         protocol = suite.protocol or spec.default_protocol
         if protocol not in spec.protocols:
             raise ConfigError(f"{where}.protocol: dataset {suite.dataset!r} has no protocol {protocol!r}; available: {', '.join(spec.protocols)}")
+        variants = [n for n, b in params.methods.items() if (b or {}).get("method") not in (None, n)]
         for i, m in enumerate(suite.methods):
-            if m not in known_methods:
-                raise ConfigError(f"{where}.methods[{i}]: unknown method {m!r}; available: {', '.join(known_methods)}")
-            cls = get_method_class(m)
+            if m not in known_methods and m not in variants:
+                raise ConfigError(
+                    f"{where}.methods[{i}]: unknown method {m!r}; available: {', '.join(known_methods)}"
+                    + (f"; variants: {', '.join(variants)}" if variants else "")
+                )
+            cls = get_method_class(params.implementation(m))
             missing = [mod for mod in cls.modalities if mod not in spec.modalities]
             if missing:
                 raise ConfigError(
@@ -344,12 +368,24 @@ def check_params(params: Params) -> None:
     check_spaces(params)
 
 
+def method_block(params: Params, method: str) -> dict[str, Any]:
+    """The ``methods.<method>`` block as written, a variant's merged over its registered method's block
+    (without the ``method`` key)."""
+    impl = params.implementation(method)
+    block = dict(params.methods.get(method) or {})
+    if impl != method:
+        block = deep_merge(params.methods.get(impl) or {}, block)
+    block.pop("method", None)
+    return block
+
+
 def method_params(params: Params, method: str, override: Mapping[str, Any], where: str | None = None) -> dict[str, Any]:
-    """Validated hyperparameters of ``method`` (global block merged with a suite override), as a dict."""
+    """Validated hyperparameters of ``method`` (a method or a variant; its block merged with a suite
+    override), as a dict."""
     from methods.registry import get_method_class
 
-    cls = get_method_class(method)
-    block = deep_merge(params.methods.get(method) or {}, override)
+    cls = get_method_class(params.implementation(method))
+    block = deep_merge(method_block(params, method), override)
     block.pop("train", None)
     model = _validate(cls.Params, block, where or f"methods.{method}", params.source)
     return model.model_dump(mode="json")
@@ -358,7 +394,7 @@ def method_params(params: Params, method: str, override: Mapping[str, Any], wher
 def trial_train(params: Params, suite: str, method: str) -> TrainConfig:
     """Training settings of one method in one suite: global < method's ``train`` block < suite's ``train``."""
     merged = params.train.model_dump()
-    merged = deep_merge(merged, (params.methods.get(method) or {}).get("train") or {})
+    merged = deep_merge(merged, method_block(params, method).get("train") or {})
     merged = deep_merge(merged, params.suites[suite].train)
     return _validate(TrainConfig, merged, f"suites.{suite}.train (with methods.{method}.train)", params.source)
 
@@ -385,7 +421,8 @@ def expand_suite(params: Params, suite_name: str) -> list[TrialSpec]:
                         suite=suite_name,
                         dataset=suite.dataset,
                         protocol=protocol,
-                        method=method,
+                        method=params.implementation(method),
+                        variant=method if params.implementation(method) != method else None,
                         bits=bits,
                         seed=seed,
                         method_params=mp,

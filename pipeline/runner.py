@@ -285,7 +285,7 @@ def run_bench(params: Params, suite_name: str, paths: ProjectPaths, *, params_fi
     for t in trials:
         key = t.key()
         status = "finished" if key in done else ("failed" if errors.get(key) else "pending")
-        summary.trials[key] = {"method": t.method, "bits": t.bits, "seed": t.seed, "run_id": done.get(key), "status": status, "error": errors.get(key)}
+        summary.trials[key] = {"method": t.name, "bits": t.bits, "seed": t.seed, "run_id": done.get(key), "status": status, "error": errors.get(key)}
         if status != "finished" and not dry_run:
             summary.failed.append(key)
     summary.wall_seconds = time.perf_counter() - t0

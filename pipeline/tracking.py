@@ -146,6 +146,8 @@ def trial_params(spec: TrialSpec) -> dict[str, str]:
         _flatten(section, dumped[section], out)
     for k in ("suite", "dataset", "protocol", "method", "bits", "seed"):
         out[k] = str(dumped[k])
+    out["method"] = spec.name
+    out["implementation"] = spec.method
     return out
 
 
@@ -155,12 +157,13 @@ def trial_tags(spec: TrialSpec, provenance: Mapping[str, str]) -> dict[str, str]
         "hashbench.resolved_sha256": spec.resolved_hash(),
         "hashbench.suite": spec.suite,
         "hashbench.dataset": spec.dataset,
-        "hashbench.method": spec.method,
+        "hashbench.method": spec.name,
+        "hashbench.implementation": spec.method,
         "hashbench.bits": str(spec.bits),
         "hashbench.seed": str(spec.seed),
         "eval.ties": spec.eval.ties,
         "eval.ap_norm": spec.eval.ap_norm,
-        "mlflow.runName": f"{spec.method}-{spec.bits}b-s{spec.seed}",
+        "mlflow.runName": f"{spec.name}-{spec.bits}b-s{spec.seed}",
         **provenance,
     }
 
@@ -170,7 +173,7 @@ def start_trial_run(uri: str, experiment_id: str, spec: TrialSpec, provenance: M
     import mlflow.entities
 
     c = client(uri)
-    run = c.create_run(experiment_id, tags=trial_tags(spec, provenance), run_name=f"{spec.method}-{spec.bits}b-s{spec.seed}")
+    run = c.create_run(experiment_id, tags=trial_tags(spec, provenance), run_name=f"{spec.name}-{spec.bits}b-s{spec.seed}")
     params = [mlflow.entities.Param(k, v[:6000]) for k, v in trial_params(spec).items()]
     for i in range(0, len(params), 100):
         c.log_batch(run.info.run_id, params=params[i : i + 100])

@@ -107,3 +107,63 @@ def test_method_train_override_precedence(tmp_path, repo_params):
     assert t.train.optimizer.lr == 0.01
     assert t.train.epochs == 30  # the suite's own train block wins over the method's
     assert t.train.optimizer.name == "adam"  # untouched keys keep the global value
+
+
+# -- method variants (ablations) ------------------------------------------------------------------
+def _with_variant(repo_params, **variant):
+    p = copy.deepcopy(repo_params)
+    p["methods"]["crh-u"] = {"method": "crh", **variant}
+    p["suites"]["demo-digits"]["methods"] = ["crh", "crh-u"]
+    return p
+
+
+def test_variant_inherits_and_overrides_its_method(tmp_path, repo_params):
+    p = _with_variant(repo_params, reassign=False, train={"epochs": 7})
+    p["methods"]["crh"]["margin"] = 0.3
+    params = load_params(write_params(tmp_path, p))
+    trials = {(t.name, t.bits, t.seed): t for t in expand_suite(params, "demo-digits")}
+    base, var = trials[("crh", 16, 0)], trials[("crh-u", 16, 0)]
+    assert (base.method, base.variant) == ("crh", None)
+    assert (var.method, var.variant) == ("crh", "crh-u")
+    assert base.method_params["reassign"] is True and var.method_params["reassign"] is False
+    assert var.method_params["margin"] == 0.3 == base.method_params["margin"]  # inherited from methods.crh
+    assert var.train.epochs == 30  # the suite's train block still wins over the variant's
+    assert var.key().startswith("digits/crh-u/16b/s0/") and base.key().startswith("digits/crh/16b/s0/")
+    assert var.resolved_hash() != base.resolved_hash()
+
+
+def test_variant_with_equal_parameters_is_a_distinct_trial(tmp_path, repo_params):
+    params = load_params(write_params(tmp_path, _with_variant(repo_params)))
+    t = {x.name: x for x in expand_suite(params, "demo-digits") if x.bits == 16 and x.seed == 0}
+    assert t["crh"].method_params == t["crh-u"].method_params
+    assert t["crh"].resolved_hash() != t["crh-u"].resolved_hash()
+
+
+def test_plain_method_hash_ignores_the_variant_field(tmp_path, repo_params):
+    params = load_params(write_params(tmp_path, repo_params))
+    t = expand_suite(params, "demo-digits")[0]
+    payload = t.model_dump(mode="json", exclude={"suite", "variant"})
+    import hashlib
+    import json
+
+    assert t.resolved_hash() == hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def test_variant_errors_name_the_key(tmp_path, repo_params):
+    msg = _bad(tmp_path, repo_params, lambda p: p["methods"].update({"crh-x": {"method": "nope"}}))
+    assert "methods.crh-x.method" in msg and "'nope'" in msg and "crh" in msg
+    msg = _bad(tmp_path, repo_params, lambda p: p["methods"].update({"crh-x": {"method": "crh", "reassignn": False}}))
+    assert "methods.crh-x.reassignn" in msg and "unknown key" in msg
+    msg = _bad(tmp_path, repo_params, lambda p: p["methods"].update({"csq": {"method": "crh"}}))
+    assert "methods.csq.method" in msg and "registered method" in msg
+    msg = _bad(tmp_path, repo_params, lambda p: p["methods"].update({"a": {"method": "crh"}, "b": {"method": "a"}}))
+    assert "methods.b.method" in msg
+    msg = _bad(tmp_path, repo_params, lambda p: p["methods"].update({"crhu": {"reassign": False}}))
+    assert "methods.crhu" in msg and "variant needs 'method" in msg
+
+
+def test_unknown_suite_method_lists_variants(tmp_path, repo_params):
+    p = _with_variant(repo_params)
+    p["suites"]["demo-digits"]["methods"] = ["crh", "crh-v"]
+    msg = _bad(tmp_path, p, lambda p: None)
+    assert "suites.demo-digits.methods[1]" in msg and "variants: crh-u" in msg
