@@ -57,6 +57,16 @@ def head_slices(bits: int, heads: int) -> list[slice]:
     return [slice(h * w, (h + 1) * w) for h in range(heads)]
 
 
+def auto_head_bits(codebook_size: int) -> int:
+    """Smallest power of two ``d`` with ``2**d >= codebook_size`` (CRH article, Sec. 4, head dimension)."""
+    if codebook_size < 1:
+        raise ValueError(f"codebook size must be positive, got {codebook_size}")
+    d = 1
+    while 2**d < codebook_size:
+        d *= 2
+    return d
+
+
 def min_pairwise_distance(codes: torch.Tensor) -> int:
     """Smallest Hamming distance between two distinct rows of a {-1,+1} matrix (K if fewer than two rows)."""
     if codes.shape[0] < 2:
