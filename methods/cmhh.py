@@ -21,6 +21,15 @@ on its batch against the stored text outputs of ALL training items, the text pas
 stored rows are refreshed with every forward pass. The pairwise loss is the weighted mean over the
 batch x n_train pairs; the quantization loss the mean over the batch's items.
 
+Sources checked (session 3): the paper's full text is neither in shared/papers nor reachable through the
+project's search tool (only the abstract: "a pairwise focal loss based on the exponential distribution"
+penalising similar cross-modal pairs beyond the Hamming radius). A public re-implementation (torchcmh,
+WangGodder/deep-cross-modal-hashing, ``training/CMHH.py``) uses focal ``gamma = 2``, ``beta = 0.5`` on the
+Euclidean distance of tanh outputs, a class-balance ``alpha = 0.5`` and quantization weight ``lambda = 0``
+(its own default, matching ours), SGD with momentum 0.9; a re-implementation's choices, not the paper's
+numbers. MFPMC's comparison table (paper 001, Table 3) reports CMHH on MIRFlickr-25K i2t 0.7302 / 0.7387 /
+0.7444 and t2i 0.7320 / 0.7283 / 0.7301 at 16 / 32 / 64 bits.
+
 Uncertain points (from memory of the paper; no copy is in shared/papers):
 
 * ``beta``: the paper ties the exponential's scale to the Hamming radius ``H`` (default 2). By default

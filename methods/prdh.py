@@ -16,6 +16,17 @@ label; the sums over ``j`` run over ALL training items, the batch's own rows liv
 stored ``F``/``G`` (as in DCMH). The decorrelation term is the DeCov form (see
 methods/losses/crossmodal.py); it acts on the batch's outputs, so it is not scaled by ``n_train``.
 
+Sources checked (session 3): the paper's full text is neither in shared/papers nor reachable through the
+project's search tool (only the abstract: "different types of pairwise constraints ... from an intra-modal
+view and an inter-modal view", "additional decorrelation constraints", alternating learning). A public
+re-implementation (torchcmh, WangGodder/deep-cross-modal-hashing, ``training/PRDH.py``) agrees with the
+structure here (inter + intra likelihood over all training items, DeCov-style decorrelation, quantization
+plus DCMH's balance as one "regularization" term) and uses ``gamma = 1``, ``lambda = 1``, SGD at
+lr 10^-1.5 decayed linearly over 500 epochs, CNN-F images and a BoW MLP; it averages the likelihoods over
+the batch x n_train pairs, which is our ``normalize=True``. Those are a re-implementation's choices, not
+numbers read from the paper. MFPMC's comparison table (paper 001, Table 3) reports PRDH on MIRFlickr-25K
+i2t 0.7052 / 0.7125 / 0.7208 and t2i 0.7607 / 0.7739 / 0.7784 at 16 / 32 / 64 bits.
+
 Deviations / uncertain points (written from memory of the paper; no copy of it is in shared/papers):
 
 * PRDH's paper uses the same unified ``B`` and alternating scheme as DCMH; we reuse DCMH's machinery by
