@@ -122,3 +122,29 @@ class HashMethod(torch.nn.Module):
     def encode(self, batch: dict[str, torch.Tensor], modality: str) -> torch.Tensor:
         """Real-valued codes (B, bits) for ``modality``; the evaluator takes the sign."""
         raise NotImplementedError
+
+    # -- incremental-class protocol (pipeline/incremental.py) -----------------------------------
+    #: True when the method implements :meth:`on_increment_start`; the incremental runner refuses others.
+    supports_incremental: ClassVar[bool] = False
+
+    def increment_replay(self, n_old: int):
+        """Positions (into the original step's training items, an int array) that the incremental step's
+        passes should revisit after the new items (rehearsal); the default is none. The runner appends
+        these items to ``new`` (their batch ``index`` is ``n_new + j`` for the j-th replayed item)."""
+        import numpy as np
+
+        return np.zeros(0, dtype=np.int64)
+
+    def on_increment_start(self, old: TrainData, new: TrainData) -> None:
+        """Called once between the original step and the incremental step of the incremental-class protocol.
+
+        ``old`` is the original step's training data (already trained on), ``new`` the items of the new
+        classes, whose batches' ``index`` counts positions within the new items. After this hook the
+        loop runs the same epochs/phases/``training_step``/``on_epoch_end`` over ``new`` only (with fresh
+        optimizers from :meth:`configure_optimizers`). A method must keep what it learnt of the old
+        items (their codes) unchanged; the runner encodes the old database before the increment and
+        never again.
+        """
+        from pipeline.errors import MethodError
+
+        raise MethodError(f"method {self.name!r} does not support the incremental-class protocol (no on_increment_start)")

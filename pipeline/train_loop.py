@@ -7,6 +7,7 @@ and MLflow), so it can be tested and profiled on its own.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import random
@@ -132,21 +133,102 @@ def run_trial(
     else:
         data = SplitData(ds, spec.protocol, cls.modalities)
     info = ds.info(spec.protocol)
+    if len(data.train) != info.n_train:  # tuning: the training set is the validation split's training part
+        info = dataclasses.replace(info, n_train=len(data.train))
     method = create_method(spec.method, spec.method_params, info, spec.bits).to(dev)
     n_params = sum(p.numel() for p in method.parameters())
-    opts = method.configure_optimizers(optimizer_factory(spec.train.optimizer))
     bs = spec.train.batch_size
     rng = np.random.default_rng(spec.seed)
-    train_data = TrainData(
-        labels=torch.from_numpy(data.train.labels).to(dev),
-        info=info,
-        batches=lambda: data.train.batches(bs, shuffle=False, device=dev),
+    train_data = make_train_data(data.train, info, bs, dev)
+
+    after_epoch = None
+    if validation is not None:
+
+        def after_epoch(epoch: int, metrics: dict[str, float]) -> None:
+            if epoch == 0 or (epoch + 1) % every == 0 or epoch + 1 == spec.train.epochs:
+                method.eval()
+                val = evaluate_codes(
+                    encode_parts(method, data, bs, dev),
+                    query_labels=data.query.labels,
+                    db_labels=data.database.labels,
+                    directions=retrieval_directions(cls.modalities),
+                    cfg=quick_eval,
+                )
+                metrics.update(val.flat_metrics())
+
+    history, train_seconds = fit(
+        method,
+        data.train,
+        train_data,
+        spec,
+        rng,
+        dev,
+        start=lambda: method.on_train_start(train_data),
+        observer=observer,
+        after_epoch=after_epoch,
+        world=world,
+        rank=rank,
     )
 
+    t1 = time.perf_counter()
+    method.eval()
+    codes = encode_parts(method, data, bs, dev)
+    evaluation = evaluate_codes(
+        codes,
+        query_labels=data.query.labels,
+        db_labels=data.database.labels,
+        directions=retrieval_directions(cls.modalities),
+        cfg=spec.eval,
+    )
+    eval_seconds = time.perf_counter() - t1
+    return TrialOutcome(
+        evaluation=evaluation,
+        history=history,
+        train_seconds=train_seconds,
+        eval_seconds=eval_seconds,
+        device=str(dev),
+        n_parameters=n_params,
+    )
+
+
+def make_train_data(part, info, batch_size: int, device) -> TrainData:
+    """The :class:`TrainData` of a training part: its labels on ``device`` and a fixed-order batch iterator."""
+    return TrainData(
+        labels=torch.from_numpy(part.labels).to(device),
+        info=info,
+        batches=lambda: part.batches(batch_size, shuffle=False, device=device),
+    )
+
+
+def fit(
+    method,
+    part,
+    train_data: TrainData,
+    spec: TrialSpec,
+    rng: np.random.Generator,
+    dev,
+    *,
+    start=None,
+    epochs: int | None = None,
+    observer: TrialObserver | None = None,
+    after_epoch=None,
+    world: int = 1,
+    rank: int = 0,
+) -> tuple[list[dict[str, float]], float]:
+    """The epoch loop, written once: ``start()`` (a method hook, timed), then per epoch one pass over
+    ``part`` (a :class:`~pipeline.data.loaders.PartView`) per phase of the method, stepping that phase's
+    optimizer on ``training_step``'s ``"loss"``, then ``on_epoch_end``. Optimizers come from
+    ``configure_optimizers`` (fresh ones each call). ``after_epoch(epoch, metrics)`` may add metrics
+    before the observer sees them. Returns (per-epoch history, seconds including ``start``)."""
+    observer = observer or TrialObserver()
+    opts = method.configure_optimizers(optimizer_factory(spec.train.optimizer))
+    bs = spec.train.batch_size
+    n_epochs = spec.train.epochs if epochs is None else int(epochs)
     t0 = time.perf_counter()
-    method.on_train_start(train_data)
+    if start is not None:
+        start()
     history: list[dict[str, float]] = []
-    for epoch in range(spec.train.epochs):
+    for epoch in range(n_epochs):
         te = time.perf_counter()
         sums: dict[str, float] = defaultdict(float)
         counts: dict[str, int] = defaultdict(int)
@@ -154,12 +236,12 @@ def run_trial(
             if phase not in opts:
                 raise MethodError(f"method {spec.method!r} returned phase {phase!r} without an optimizer (has {sorted(opts)})")
             opt = opts[phase]
-            order = rng.permutation(len(data.train))
+            order = rng.permutation(len(part))
             if world > 1:
                 order = order[rank::world]
             method.train()
-            for start in range(0, len(order), bs):
-                batch = data.train.batch(order[start : start + bs], device=dev)
+            for start_ in range(0, len(order), bs):
+                batch = part.batch(order[start_ : start_ + bs], device=dev)
                 losses = method.training_step(batch, phase)
                 total = losses["loss"]
                 if not torch.isfinite(total):
@@ -186,39 +268,11 @@ def run_trial(
         bad = [k for k, v in metrics.items() if not math.isfinite(v)]
         if bad:
             raise TrainingError(f"{spec.key()}: non-finite values after epoch {epoch}: {bad}")
-        if validation is not None and (epoch == 0 or (epoch + 1) % every == 0 or epoch + 1 == spec.train.epochs):
-            method.eval()
-            val = evaluate_codes(
-                encode_parts(method, data, bs, dev),
-                query_labels=data.query.labels,
-                db_labels=data.database.labels,
-                directions=retrieval_directions(cls.modalities),
-                cfg=quick_eval,
-            )
-            metrics.update(val.flat_metrics())
+        if after_epoch is not None:
+            after_epoch(epoch, metrics)
         history.append({"epoch": epoch, **metrics})
         observer.on_epoch(epoch, metrics)
-    train_seconds = time.perf_counter() - t0
-
-    t1 = time.perf_counter()
-    method.eval()
-    codes = encode_parts(method, data, bs, dev)
-    evaluation = evaluate_codes(
-        codes,
-        query_labels=data.query.labels,
-        db_labels=data.database.labels,
-        directions=retrieval_directions(cls.modalities),
-        cfg=spec.eval,
-    )
-    eval_seconds = time.perf_counter() - t1
-    return TrialOutcome(
-        evaluation=evaluation,
-        history=history,
-        train_seconds=train_seconds,
-        eval_seconds=eval_seconds,
-        device=str(dev),
-        n_parameters=n_params,
-    )
+    return history, time.perf_counter() - t0
 
 
 @torch.no_grad()
