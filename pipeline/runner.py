@@ -68,16 +68,20 @@ class BenchSummary:
 class _RayObserver:
     """Per-epoch metrics: to Ray Train (forwarded to Tune) and, on rank 0, to the MLflow run."""
 
-    def __init__(self, uri: str, run_id: str, rank: int, report_every: int = 1, sticky: bool = False):
+    def __init__(self, uri: str, run_id: str, rank: int, report_every: int = 1, sticky: bool = False, report=None):
         self.uri, self.run_id, self.rank, self.report_every = uri, run_id, rank, max(1, report_every)
+        # report: ray.train.report on a Train worker (default); ray.tune.report in a Tune trial process
+        self.report = report
         # sticky (tune): every report repeats the latest value of each metric, so a searcher that
         # needs its metric in every result (OptunaSearch) finds it even between evaluations
         self.sticky = sticky
         self.latest: dict[str, float] = {}
 
     def on_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
-        import ray.train
+        if self.report is None:
+            import ray.train
 
+            self.report = ray.train.report
         if self.rank == 0:
             tracking.log_metrics(self.uri, self.run_id, metrics, step=epoch)
         # every worker decides alike (by epoch number), so the reports stay in step across workers
@@ -86,7 +90,7 @@ class _RayObserver:
             self.latest.update(dotted)
             dotted = dict(self.latest)
         if epoch % self.report_every == 0:
-            ray.train.report({"epoch": epoch, **dotted})
+            self.report({"epoch": epoch, **dotted})
 
 
 def _worker_loop(config: dict) -> None:
@@ -108,18 +112,36 @@ def _worker_loop(config: dict) -> None:
 
         device = str(ray.train.torch.get_device())
     torch.set_num_threads(max(1, int(config["cpus_per_worker"])))
+    if rank == 0 and config.get("pg_registry") and config.get("tune_trial_id"):
+        _register_worker_group(Path(config["pg_registry"]), config["tune_trial_id"])
     observer = _RayObserver(config["tracking_uri"], config["run_id"], rank, config.get("ray_report_every", 1), sticky=bool(config.get("validation")))
     outcome = run_trial(spec, Path(config["prepared_dir"]), observer, device=device, validation=config.get("validation"))
     if rank == 0:
-        final = outcome.evaluation.flat_metrics()
-        final.update(train_seconds=outcome.train_seconds, eval_seconds=outcome.eval_seconds, n_parameters=outcome.n_parameters)
-        tracking.log_metrics(config["tracking_uri"], config["run_id"], final, step=spec.train.epochs)
-        tracking.client(config["tracking_uri"]).set_tag(config["run_id"], "device", outcome.device)
-        tracking.log_outcome_artifacts(config["tracking_uri"], config["run_id"], outcome)
+        final = _log_outcome(config["tracking_uri"], config["run_id"], spec, outcome)
         with open(config["outcome_file"], "wb") as f:
             pickle.dump({"train_seconds": outcome.train_seconds, "eval_seconds": outcome.eval_seconds, "metrics": final}, f)
     # ("done" is reserved by Tune: it would end the trial and kill the Train controller)
     ray.train.report({**observer.latest, "trial_complete": 1.0, "epoch": spec.train.epochs})
+
+
+def _log_outcome(uri: str, run_id: str, spec: TrialSpec, outcome) -> dict[str, float]:
+    """A finished trial's final metrics, timings, device tag and artifacts, into its MLflow run."""
+    final = outcome.evaluation.flat_metrics()
+    final.update(train_seconds=outcome.train_seconds, eval_seconds=outcome.eval_seconds, n_parameters=outcome.n_parameters)
+    tracking.log_metrics(uri, run_id, final, step=spec.train.epochs)
+    tracking.client(uri).set_tag(run_id, "device", outcome.device)
+    tracking.log_outcome_artifacts(uri, run_id, outcome)
+    return final
+
+
+def _close_trial(uri: str, run_id: str, spec: TrialSpec, t0: float, inner_seconds: float, final: dict[str, float]) -> None:
+    """Wall time and Ray + MLflow overhead into the run, mark it FINISHED, hand the final result to Tune."""
+    from ray import tune
+
+    wall = time.perf_counter() - t0
+    tracking.log_metrics(uri, run_id, {"trial_wall_seconds": wall, "overhead_seconds": wall - inner_seconds}, step=spec.train.epochs)
+    tracking.end_run(uri, run_id, "FINISHED")
+    tune.report({"run_id_hash": float(int(run_id[:8], 16)), "trial_wall_seconds": wall, **{k.replace("/", "."): v for k, v in final.items()}})
 
 
 def _trial_driver(tune_config: dict, specs: dict[str, dict], settings: dict) -> None:
@@ -137,7 +159,6 @@ def _drive(spec_json: dict, settings: dict, extra_tags: dict[str, str] | None = 
     import pickle
     import tempfile
 
-    from ray import tune
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
@@ -146,6 +167,10 @@ def _drive(spec_json: dict, settings: dict, extra_tags: dict[str, str] | None = 
     spec = TrialSpec.model_validate(config["spec"])
     uri = config["tracking_uri"]
     run_id = tracking.start_trial_run(uri, config["experiment_id"], spec, {**config["provenance"], **(extra_tags or {})})
+    if config.get("pg_registry"):
+        from ray import tune
+
+        config["tune_trial_id"] = tune.get_context().get_trial_id()
     res = config["resources"]
     worker_resources = {"CPU": res["cpus_per_worker"]}
     if config["use_gpu"]:
@@ -163,13 +188,118 @@ def _drive(spec_json: dict, settings: dict, extra_tags: dict[str, str] | None = 
             with open(outcome_file, "rb") as f:
                 outcome = pickle.load(f)
         except BaseException as exc:  # noqa: BLE001 - recorded, then re-raised for Tune
-            tracking.end_run(uri, run_id, "FAILED", error=f"{type(exc).__name__}: {exc}")
+            tuning = bool(config.get("tune_trial_id"))
+            # in a search, Tune stopping the trial (the releaser removed its worker group, or the actor exits) is no failure
+            stopped = tuning and (_released_marker(Path(config["pg_registry"]), config["tune_trial_id"]).exists() or isinstance(exc, (SystemExit, KeyboardInterrupt)))
+            _end_unfinished(uri, run_id, exc, stopped)
             raise
-    wall = time.perf_counter() - t0
-    inner = outcome["train_seconds"] + outcome["eval_seconds"]
-    tracking.log_metrics(uri, run_id, {"trial_wall_seconds": wall, "overhead_seconds": wall - inner}, step=spec.train.epochs)
-    tracking.end_run(uri, run_id, "FINISHED")
-    tune.report({"run_id_hash": float(int(run_id[:8], 16)), "trial_wall_seconds": wall, **{k.replace("/", "."): v for k, v in outcome["metrics"].items()}})
+    _close_trial(uri, run_id, spec, t0, outcome["train_seconds"] + outcome["eval_seconds"], outcome["metrics"])
+
+
+# -- releasing the worker group of a trial that Tune stops ----------------------------------------------
+#
+# Ray Train V2 runs a trial's workers in a placement group created by the Train controller, an actor
+# owned by the Tune trial process. When a scheduler (ASHA) stops the trial, Tune kills that process;
+# the controller and workers die with it, but a placement group lives as long as the *job*, so its
+# CPUs stay reserved and the next trials wait for a worker group forever. Ray's own remedy, a detached
+# PlacementGroupCleaner per run (ray-project/ray#54305), asks the State API whether the controller is
+# alive, and the State API is served by the dashboard, which a local HashBench Ray does not start
+# (include_dashboard=False), so it never fires. Hence: rank 0 writes its placement group id to
+# ``<pg_registry>/<trial id>``; the Tune callback below removes that group when the trial ends (it is
+# already gone when the trial finished normally), after writing ``<trial id>.released`` so the dying
+# driver records the run as stopped early rather than failed.
+
+
+def _register_worker_group(registry: Path, trial_id: str) -> None:
+    from ray.util import get_current_placement_group
+
+    pg = get_current_placement_group()
+    if pg is not None:
+        registry.mkdir(parents=True, exist_ok=True)
+        (registry / trial_id).write_text(pg.id.hex())
+
+
+def _released_marker(registry: Path, trial_id: str) -> Path:
+    return registry / f"{trial_id}.released"
+
+
+def release_worker_group(registry: Path, trial_id: str) -> bool:
+    """Remove the placement group registered for ``trial_id`` if it still exists; True if removed."""
+    import ray
+    from ray._raylet import PlacementGroupID
+    from ray.util.placement_group import PlacementGroup, remove_placement_group
+
+    path = registry / trial_id
+    if not path.is_file():
+        return False
+    pg = PlacementGroup(PlacementGroupID.from_hex(path.read_text().strip()))
+    path.unlink()
+    state = ray.util.placement_group_table(pg).get("state")
+    if state in (None, "REMOVED"):
+        return False
+    _released_marker(registry, trial_id).write_text(pg.id.hex())
+    remove_placement_group(pg)
+    log.info("trial %s ended with its Ray Train worker group still placed: released placement group %s", trial_id, pg.id.hex())
+    return True
+
+
+def worker_group_releaser(registry: str | Path):
+    """A Ray Tune callback releasing the worker group of every trial that ends (see above)."""
+    from ray import tune
+
+    class WorkerGroupReleaser(tune.Callback):
+        def __init__(self, registry: Path):
+            self.registry = Path(registry)
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            release_worker_group(self.registry, trial.trial_id)
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            release_worker_group(self.registry, trial.trial_id)
+
+    return WorkerGroupReleaser(Path(registry))
+
+
+def _drive_in_process(spec_json: dict, settings: dict, extra_tags: dict[str, str] | None = None) -> None:
+    """Body of a 1-worker Tune trial that runs :func:`run_trial` in the Tune trial process itself.
+
+    Equivalent to :func:`_drive` with ``num_workers: 1`` (same spec, loop, evaluation, MLflow run and
+    per-epoch reports; a 1-worker TorchTrainer's process group has world size 1, which the loop
+    treats as no distribution), minus the Train controller and worker group. ``hashbench tune`` uses
+    it because a trial that the scheduler stops (ASHA) is then an ordinary Tune actor, whose CPUs (and
+    GPU) Tune releases when it ends, while a stopped trial's TorchTrainer leaves behind a worker-group
+    placement group that only Ray's dashboard-based cleaner would remove (see :func:`worker_group_releaser`).
+    The trial's resources are the worker's: ``cpus_per_worker`` CPUs (+ ``gpus_per_worker`` GPUs).
+    """
+    import torch
+    from ray import tune
+
+    from pipeline.train_loop import run_trial
+
+    t0 = time.perf_counter()
+    spec = TrialSpec.model_validate(spec_json)
+    uri = settings["tracking_uri"]
+    run_id = tracking.start_trial_run(uri, settings["experiment_id"], spec, {**settings["provenance"], **(extra_tags or {}), "hashbench.executor": "tune-trial-process"})
+    torch.set_num_threads(max(1, int(settings["cpus_per_worker"])))
+    observer = _RayObserver(uri, run_id, 0, settings.get("ray_report_every", 1), sticky=bool(settings.get("validation")), report=tune.report)
+    try:
+        outcome = run_trial(spec, Path(settings["prepared_dir"]), observer, device="cuda" if settings["use_gpu"] else None, validation=settings.get("validation"))
+        final = _log_outcome(uri, run_id, spec, outcome)
+    except BaseException as exc:  # noqa: BLE001 - recorded, then re-raised for Tune
+        # Tune ends a trial it stops (ASHA) or an interrupted search by exiting the actor: SystemExit
+        _end_unfinished(uri, run_id, exc, stopped=isinstance(exc, (SystemExit, KeyboardInterrupt)))
+        raise
+    _close_trial(uri, run_id, spec, t0, outcome.train_seconds + outcome.eval_seconds, final)
+
+
+def _end_unfinished(uri: str, run_id: str, exc: BaseException, stopped: bool) -> None:
+    """A trial that did not finish: KILLED + ``hashbench.tune_status=stopped_early`` when Tune stopped
+    it, else FAILED with the error (``hashbench.error``)."""
+    if stopped:
+        tracking.client(uri).set_tag(run_id, "hashbench.tune_status", "stopped_early")
+        tracking.end_run(uri, run_id, "KILLED")
+    else:
+        tracking.end_run(uri, run_id, "FAILED", error=f"{type(exc).__name__}: {exc}")
 
 
 def _safe(name: str) -> str:
@@ -279,7 +409,12 @@ def run_bench(params: Params, suite_name: str, paths: ProjectPaths, *, params_fi
             "prepared_dir": str(prepared_dir),
             "provenance": tracking.provenance_tags(paths, params_file, params_hash(params_file), dataset.manifest_sha256),
         }
-        errors = _run_grid(pending, params, paths, common, suite_name)
+        if suite.incremental is not None:  # timed protocol: trial by trial, see pipeline/incremental_bench.py
+            from pipeline.incremental_bench import run_incremental_trials
+
+            errors = run_incremental_trials(pending, common)
+        else:
+            errors = _run_grid(pending, params, paths, common, suite_name)
         summary.ran = len(pending)
     done = tracking.finished_trials(uri, exp_id)
     for t in trials:

@@ -4,12 +4,18 @@
     hashbench tune --method dcmh --dataset wikipedia --bits 16 --search random --num-samples 20
     hashbench tune --method csq --dataset wikipedia --bits 32 --sweep csq.lambda_q=0.001,0.01,0.1
 
-* Same trainer and evaluation as ``bench``: every Tune trial runs :func:`pipeline.runner._drive`
-  (MLflow run + Ray Train ``TorchTrainer`` whose workers call :func:`pipeline.train_loop.run_trial`),
+* Same trainer and evaluation as ``bench``: every trial calls :func:`pipeline.train_loop.run_trial`
   with ``validation`` set: a seeded validation split is carved from the *training* split
   (``tune.validation_fraction``; queries = held-out training items, database = training = the rest),
   so tuning never sees the protocol's query set used for reporting. The validation metric is
-  reported every epoch; the ASHA scheduler stops weak trials from it.
+  reported every epoch; the ASHA scheduler (``tune.scheduler: asha``, the default) stops weak trials
+  from it. With ``tune.executor: auto`` and 1 worker a trial runs the loop in its Tune trial process
+  (:func:`pipeline.runner._drive_in_process`: it holds the worker's CPUs/GPU, and a stopped trial
+  frees them when Tune ends it); otherwise it is bench's Ray Train ``TorchTrainer``
+  (:func:`pipeline.runner._drive`), and a stopped trial's worker group is released by
+  :func:`pipeline.runner.worker_group_releaser` (Ray's own cleaner needs the dashboard; see there).
+* Default: the first trial is params.yaml's configuration (``tune.evaluate_default``, when it lies in
+  the space), so the sensitivity section compares best and default on the same validation split.
 * MLflow: experiment ``<prefix>/tune/<dataset>/<method>-<bits>``; one parent run per search, every
   trial a child run (tag ``mlflow.parentRunId``). A failing trial is FAILED with ``hashbench.error``;
   a trial stopped early by ASHA is KILLED with ``hashbench.tune_status=stopped_early``.
@@ -17,11 +23,14 @@
   restores it (``Tuner.restore``) and runs only what did not finish.
 * Output: the best configuration in ``tuned/<dataset>/<method>-<bits>.yaml`` (``method_params`` and any
   searched ``train`` settings), which a suite takes with ``tuned: true`` (the trial keys change with
-  the parameters), and ``reports/tune/<dataset>-<method>-<bits>.html`` with the sensitivity plots.
+  the parameters), and ``reports/tune/<dataset>-<method>-<bits>.html`` with the sensitivity plots
+  (:mod:`pipeline.report.sensitivity`; ``hashbench report --profile P`` shows the same section for
+  every finished search on a dataset of the profile).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -31,9 +40,9 @@ from typing import Any
 import yaml
 
 from pipeline import runner, tracking
-from pipeline.config import EvalConfig, Params, TrialSpec, deep_merge, method_params, params_hash, tuned_file, _validate
+from pipeline.config import EvalConfig, Params, TrialSpec, deep_merge, method_block, method_params, params_hash, tuned_file, _validate
 from pipeline.data.formats import PreparedDataset
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, TrainingError
 from pipeline.paths import ProjectPaths
 from pipeline.tune_space import check_distribution, parse_sweep, split_sample, to_ray
 
@@ -57,11 +66,12 @@ class TuneSummary:
     wall_seconds: float = 0.0
 
 
-def default_metric(method: str) -> str:
+def default_metric(method: str, params: Params | None = None) -> str:
     from methods.registry import get_method_class
     from pipeline.evaluate import direction_name, retrieval_directions
 
-    q, d = retrieval_directions(get_method_class(method).modalities)[0]
+    impl = params.implementation(method) if params is not None else method
+    q, d = retrieval_directions(get_method_class(impl).modalities)[0]
     return f"{direction_name(q, d)}/map@all"
 
 
@@ -73,20 +83,22 @@ def base_spec(params: Params, method: str, dataset: str, bits: int, seed: int, e
     if dataset not in params.datasets:
         raise ConfigError(f"{params.source}: dataset {dataset!r} is not configured under 'datasets'")
     spec = get_dataset(dataset)
-    cls = get_method_class(method)
+    impl = params.implementation(method)  # a variant (methods.<name>: {method: ...}) runs its registered method
+    cls = get_method_class(impl)
     missing = [m for m in cls.modalities if m not in spec.modalities]
     if missing:
         raise ConfigError(f"method {method!r} needs modalities {list(cls.modalities)}, dataset {dataset!r} has {list(spec.modalities)}")
     if bits <= 0 or bits % 8:
         raise ConfigError(f"--bits {bits} is not a positive multiple of 8")
-    train = deep_merge(params.train.model_dump(), (params.methods.get(method) or {}).get("train") or {})
+    train = deep_merge(params.train.model_dump(), method_block(params, method).get("train") or {})
     train["epochs"] = epochs
     eval_cfg = params.eval.model_copy(update={"random_baseline": False})
     return TrialSpec(
         suite=name,
         dataset=dataset,
         protocol=spec.default_protocol,
-        method=method,
+        method=impl,
+        variant=method if impl != method else None,
         bits=bits,
         seed=seed,
         method_params=method_params(params, method, {}),
@@ -96,11 +108,40 @@ def base_spec(params: Params, method: str, dataset: str, bits: int, seed: int, e
     )
 
 
+def default_point(params: Params, method: str, space: dict[str, Any], base: TrialSpec) -> dict[str, Any] | None:
+    """params.yaml's value of every searched name, or None when one lies outside its distribution
+    (then the search cannot start from it)."""
+    train = base.train.model_dump(mode="json")
+    point: dict[str, Any] = {}
+    for name, dist in space.items():
+        if name.startswith("train."):
+            value: Any = train
+            for part in name.split(".")[1:]:
+                value = value[part]
+        else:
+            value = base.method_params.get(name)
+        kind, args = check_distribution(name, dist)
+        inside = (
+            value in args
+            if kind in ("choice", "grid")
+            else isinstance(value, (int, float)) and not isinstance(value, bool) and args[0] <= value <= args[1] and (kind != "randint" or float(value).is_integer())
+        )
+        if not inside:
+            log.warning("tune: the default %s=%r is outside tune.spaces.%s.%s %r; the search does not evaluate the default", name, value, method, name, dist)
+            return None
+        point[name] = value
+    return point
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if hasattr(value, "item") else value
+
+
 def _tune_driver(tune_config: dict, base: dict, settings: dict, parent: str) -> None:
     """One Tune trial of a search: the sampled configuration applied to the base spec, then bench's body."""
     from pipeline.config import TrainConfig
 
-    sample = {k: v for k, v in tune_config.items() if k != "seed"}
+    sample = {k: _plain(v) for k, v in tune_config.items() if k != "seed"}
     mp, train = split_sample(sample)
     body = dict(base)
     body["method_params"] = {**base["method_params"], **mp}
@@ -108,17 +149,27 @@ def _tune_driver(tune_config: dict, base: dict, settings: dict, parent: str) -> 
     if "seed" in tune_config:
         body["seed"] = int(tune_config["seed"])
     # a sample the method rejects fails inside the trial (its MLflow run is FAILED with the reason)
-    runner._drive(body, settings, extra_tags={TAG_PARENT: parent, TAG_SEARCH: body["suite"], "hashbench.tune_sample": repr(sample)})
+    drive = runner._drive_in_process if settings.get("executor") == "in_process" else runner._drive
+    from ray import tune
+
+    tags = {TAG_PARENT: parent, TAG_SEARCH: body["suite"], "hashbench.tune_sample": json.dumps(sample), "hashbench.tune_trial_id": tune.get_context().get_trial_id()}
+    if settings.get("default_point") is not None and sample == settings["default_point"]:
+        tags["hashbench.tune_default"] = "1"
+    drive(body, settings, extra_tags=tags)
 
 
-def _parent_run(uri: str, exp_id: str, name: str, info: dict[str, str]) -> str:
-    """The search's parent run: reused when resuming (same search name), else created."""
+def _parent_run(uri: str, exp_id: str, name: str, info: dict[str, str], fresh: bool = False) -> str:
+    """The search's parent run: reused when resuming (same search name), else (or with ``fresh``) created."""
     c = tracking.client(uri)
     found = c.search_runs([exp_id], filter_string=f"tags.`{TAG_SEARCH}` = '{name}' and tags.`hashbench.tune_parent` = '1'", max_results=1)
-    if found:
+    if found and fresh:
+        c.set_tag(found[0].info.run_id, "hashbench.tune_parent", "superseded")
+    elif found:
         run_id = found[0].info.run_id
         if found[0].info.status != "RUNNING":
             c.update_run(run_id, "RUNNING")
+        for k, v in info.items():
+            c.set_tag(run_id, k, v)
         return run_id
     run = c.create_run(exp_id, tags={TAG_SEARCH: name, "hashbench.tune_parent": "1", **info}, run_name=name)
     return run.info.run_id
@@ -146,7 +197,7 @@ def run_tune(
     t0 = time.perf_counter()
     cfg = params.tune
     search = search or cfg.search
-    metric = cfg.metric if cfg.metric != "auto" else default_metric(method)
+    metric = cfg.metric if cfg.metric != "auto" else default_metric(method, params)
     epochs = epochs or cfg.epochs
     seeds = [cfg.seed]
     if sweep:
@@ -170,6 +221,7 @@ def run_tune(
         check_distribution(where, dist)
 
     base = base_spec(params, method, dataset, bits, cfg.seed, epochs, name)
+    point = default_point(params, method, space, base) if cfg.evaluate_default and not sweep else None
     prepared_dir = paths.prepared(dataset)
     ds = PreparedDataset(prepared_dir)
     uri = tracking.tracking_uri(params.tracking, paths)
@@ -189,7 +241,18 @@ def run_tune(
             "hashbench.metric": metric,
             "hashbench.validation": f"fraction={cfg.validation_fraction} seed={cfg.validation_seed} of the training split (queries = held-out training items; database = training = the rest)",
             "hashbench.search": search,
+            "hashbench.mode": cfg.mode,
+            "hashbench.dataset": dataset,
+            "hashbench.method": method,
+            "hashbench.bits": str(bits),
+            "hashbench.tune_space": json.dumps(space),
+            "hashbench.tune_default": json.dumps(point if point is not None else {k: _default_value(base, k) for k in space}),
+            "hashbench.tune_default_evaluated": "1" if point is not None else "0",
+            "hashbench.tune_schedule": f"up to {epochs} epochs"
+            + ("" if sweep or cfg.scheduler == "fifo" else f", ASHA (grace {cfg.grace_period}, reduction factor {cfg.reduction_factor:g})")
+            + (f", seeds {seeds}" if len(seeds) > 1 else f", seed {seeds[0]}"),
         },
+        fresh=fresh,
     )
 
     runner._init_ray(params.resources.ray_address)
@@ -206,13 +269,24 @@ def run_tune(
         "storage_path": str(paths.ray_storage / "train"),
         "ray_report_every": 1,
         "validation": {"fraction": cfg.validation_fraction, "seed": cfg.validation_seed, "every": cfg.eval_every},
+        # executor "in_process" (tune.executor auto, 1 worker): the trial process trains, holding the worker's
+        # resources; "train": a TorchTrainer per trial, whose placement group the releaser frees if Tune stops it
+        "executor": "in_process" if cfg.executor == "auto" and res.num_workers == 1 else "train",
+        "pg_registry": str(storage / f"{name}.worker-groups"),
+        "default_point": point,
     }
+    if settings["executor"] == "in_process":
+        trial_resources = {"CPU": res.cpus_per_worker, **({"GPU": res.gpus_per_worker} if use_gpu else {})}
+    else:
+        trial_resources = runner._driver_resources(ray.cluster_resources())
     trainable = tune.with_resources(
         tune.with_parameters(_tune_driver, base=base.model_dump(mode="json"), settings=settings, parent=parent),
-        runner._driver_resources(ray.cluster_resources()),
+        trial_resources,
     )
     tune_metric = metric.replace("/", ".")
     concurrent = cfg.max_concurrent_trials or res.max_concurrent_trials or runner._fitting_trials(ray.cluster_resources(), res, bool(use_gpu))
+    callbacks = [runner.worker_group_releaser(settings["pg_registry"])]
+    samples = 1 if search == "grid" else (num_samples or cfg.num_samples)
     if tune.Tuner.can_restore(str(exp_path)):
         log.info("resuming search %s from %s", name, exp_path)
         tuner = tune.Tuner.restore(str(exp_path), trainable=trainable, resume_errored=False, restart_errored=False, resume_unfinished=True)
@@ -221,12 +295,15 @@ def run_tune(
         if len(seeds) > 1:
             param_space["seed"] = tune.grid_search(seeds)
         search_alg = None
-        samples = 1 if search == "grid" else (num_samples or cfg.num_samples)
         if search == "optuna":
             from optuna.samplers import TPESampler
             from ray.tune.search.optuna import OptunaSearch
 
-            search_alg = OptunaSearch(metric=tune_metric, mode=cfg.mode, sampler=TPESampler(seed=cfg.seed))
+            search_alg = OptunaSearch(metric=tune_metric, mode=cfg.mode, sampler=TPESampler(seed=cfg.seed), points_to_evaluate=[point] if point else None)
+        elif search == "random" and point:
+            from ray.tune.search import BasicVariantGenerator
+
+            search_alg = BasicVariantGenerator(points_to_evaluate=[point])
         scheduler = (
             FIFOScheduler()
             if sweep or cfg.scheduler == "fifo"
@@ -243,10 +320,22 @@ def run_tune(
                 num_samples=samples,
                 max_concurrent_trials=concurrent,
             ),
-            run_config=tune.RunConfig(name=name, storage_path=str(storage), verbose=1),
+            run_config=tune.RunConfig(name=name, storage_path=str(storage), verbose=1, callbacks=callbacks),
         )
     results = tuner.fit()
     summary = TuneSummary(name=name, parent_run_id=parent, experiment_id=exp_id, metric=metric, mode=cfg.mode)
+    trials = getattr(getattr(results, "_experiment_analysis", None), "trials", None) or []
+    unfinished = [t.trial_id for t in trials if t.status not in ("TERMINATED", "ERROR")]
+    if unfinished or (search != "grid" and len(results) < samples):
+        # Ctrl-C (or a lost Ray): the children of unfinished trials are marked interrupted (a resume reruns
+        # those trials), and no best configuration is written from a partial search
+        _close_children(uri, exp_id, parent, unfinished=set(unfinished))
+        tracking.client(uri).set_tag(parent, "hashbench.tune_status", "interrupted")
+        tracking.end_run(uri, parent, "KILLED")
+        raise TrainingError(
+            f"search {name} interrupted with {len(results) - len(unfinished)} of {samples if search != 'grid' else len(results)} trials done; "
+            "rerun the same command to resume it (done trials are kept)"
+        )
     _close_children(uri, exp_id, parent)
     for r in results:
         cfg_ = {k: v for k, v in (r.config or {}).items()}
@@ -259,6 +348,7 @@ def run_tune(
                 "status": "finished" if finished else ("failed" if r.error is not None else "stopped_early"),
                 "error": None if r.error is None else f"{type(r.error).__name__}: {r.error}",
                 "epochs": m.get("epoch"),
+                "default": point is not None and {k: _plain(v) for k, v in cfg_.items() if k != "seed"} == point,
             }
         )
     done = [t for t in summary.trials if t["status"] == "finished" and t["value"] is not None]
@@ -268,26 +358,22 @@ def run_tune(
         summary.best_file = write_best(params, dataset, method, bits, best, metric, cfg, parent, search, len(summary.trials))
         c = tracking.client(uri)
         c.log_metric(parent, "best_value", float(best["value"]))
-        c.set_tag(parent, "hashbench.best_config", repr(best["config"]))
+        c.set_tag(parent, "hashbench.best_config", json.dumps({k: _plain(v) for k, v in best["config"].items()}))
     tracking.end_run(uri, parent, "FINISHED")
-    try:
-        from pipeline.report.build import build_sensitivity
+    from pipeline.report import sensitivity
 
-        summary.report = build_sensitivity(
-            summary.trials,
-            paths.reports / "tune" / f"{dataset}-{method}-{bits}.html",
-            title=f"Sensitivity: {method} on {dataset}, {bits} bits",
-            metric=metric,
-            notes={
-                "Validation": f"{cfg.validation_fraction:.0%} of the training split held out as queries (seed {cfg.validation_seed}); "
-                "database and training = the remaining training items; the reporting query set is never used",
-                "Search": f"{search}, {len(summary.trials)} trials, up to {epochs} epochs" + ("" if sweep or cfg.scheduler == "fifo" else ", ASHA early stopping"),
-            },
-        )
-    except ImportError:  # the report module is optional for the search itself
-        pass
+    summary.report = sensitivity.build_page(sensitivity.load_search(uri, exp_id, parent), paths.reports / "tune" / f"{dataset}-{method}-{bits}.html")
     summary.wall_seconds = time.perf_counter() - t0
     return summary
+
+
+def _default_value(base: TrialSpec, name: str) -> Any:
+    if name.startswith("train."):
+        value: Any = base.train.model_dump(mode="json")
+        for part in name.split(".")[1:]:
+            value = value.get(part) if isinstance(value, dict) else None
+        return value
+    return base.method_params.get(name)
 
 
 def _suite_seeds(params: Params, dataset: str, method: str) -> list[int]:
@@ -297,12 +383,18 @@ def _suite_seeds(params: Params, dataset: str, method: str) -> list[int]:
     return [params.tune.seed]
 
 
-def _close_children(uri: str, exp_id: str, parent: str) -> None:
-    """Children still RUNNING after the search were stopped by ASHA (or interrupted): mark them KILLED."""
+def _close_children(uri: str, exp_id: str, parent: str, unfinished: set[str] | None = None) -> None:
+    """Children still RUNNING after the search were stopped by ASHA: mark them KILLED. With
+    ``unfinished`` (Tune trial ids of an interrupted search), those trials' runs are tagged interrupted."""
     c = tracking.client(uri)
-    for run in c.search_runs([exp_id], filter_string=f"tags.`{TAG_PARENT}` = '{parent}' and attributes.status = 'RUNNING'", max_results=10_000):
-        c.set_tag(run.info.run_id, "hashbench.tune_status", "stopped_early")
-        c.set_terminated(run.info.run_id, "KILLED")
+    for run in c.search_runs([exp_id], filter_string=f"tags.`{TAG_PARENT}` = '{parent}'", max_results=10_000):
+        if unfinished and run.data.tags.get("hashbench.tune_trial_id") in unfinished:
+            c.set_tag(run.info.run_id, "hashbench.tune_status", "interrupted")
+            if run.info.status == "RUNNING":
+                c.set_terminated(run.info.run_id, "KILLED")
+        elif run.info.status == "RUNNING" and run.info.run_id != parent:
+            c.set_tag(run.info.run_id, "hashbench.tune_status", "stopped_early")
+            c.set_terminated(run.info.run_id, "KILLED")
 
 
 def write_best(params: Params, dataset: str, method: str, bits: int, best: dict, metric: str, cfg, parent: str, search: str, n_trials: int) -> Path:

@@ -55,7 +55,7 @@ def _check_name(params, method: str, name: str, where: str) -> None:
         if model is not None:
             raise ConfigError(f"{where}: {name!r} is a group of settings; name one value in it")
         return
-    fields = get_method_class(method).Params.model_fields
+    fields = get_method_class(params.implementation(method)).Params.model_fields
     if name not in fields:
         raise ConfigError(f"{where}: unknown hyperparameter {name!r} of method {method!r}; known: {', '.join(sorted(fields))} (or train.*)")
 
@@ -66,8 +66,8 @@ def check_spaces(params) -> None:
 
     src = params.source
     for method, space in params.tune.spaces.items():
-        if method not in available_methods():
-            raise ConfigError(f"{src}: tune.spaces.{method}: unknown method {method!r}; available: {', '.join(available_methods())}")
+        if params.implementation(method) not in available_methods():
+            raise ConfigError(f"{src}: tune.spaces.{method}: unknown method {method!r}; available: {', '.join(available_methods())} (or a variant under methods:)")
         for name, dist in space.items():
             where = f"{src}: tune.spaces.{method}.{name}"
             _check_name(params, method, name, where)
