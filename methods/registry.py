@@ -20,6 +20,9 @@ _MODULES: tuple[str, ...] = (
     "methods.cmhh",
     "methods.crh",
     "methods.orthohash",
+    "methods.adih",
+    "methods.mfpmc",
+    "methods.ltdual",
 )
 
 _REGISTRY: dict[str, type[HashMethod]] = {}

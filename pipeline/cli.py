@@ -5,6 +5,7 @@
     hashbench bench --suite demo-wikipedia   the suite's trial grid on Ray Tune, logged to MLflow
     hashbench report --profile demo    MLflow runs into reports/index.html (+ metrics.json, plots/)
     hashbench tune --method csq --dataset wikipedia --bits 32   search on a validation split -> tuned/
+    hashbench incremental --method adih --dataset wikipedia --bits 32 --new-classes 1   incremental-class protocol
     hashbench list                     datasets, methods, suites and profiles
 """
 
@@ -120,6 +121,7 @@ def cmd_report(args) -> int:
     from pipeline import tracking
     from pipeline.report.build import build_landing, build_report
     from pipeline.report.collect import collect_runs
+    from pipeline.report.sensitivity import collect_searches
 
     params, paths = _params(args), _paths(args)
     suites = params.suites_of_profile(args.profile)
@@ -127,11 +129,44 @@ def cmd_report(args) -> int:
     runs = collect_runs(uri, paths.root / "results" / "bench" / args.profile, suites, args.profile)
     out = Path(args.out) if args.out else paths.reports / args.profile
     description = params.profiles[args.profile].description
-    html = build_report(runs, out, title=f"HashBench report: {args.profile}", notes={"Profile": description, "MLflow store": uri})
+    # the sensitivity section: every finished search (hashbench tune) on a dataset of this profile
+    searches = collect_searches(uri, params.tracking.experiment_prefix, {params.suites[s].dataset for s in suites})
+    html = build_report(runs, out, title=f"HashBench report: {args.profile}", notes={"Profile": description, "MLflow store": uri}, searches=searches)
     index = paths.reports / "index.html"
     if not args.out:
         build_landing(paths.reports, list(params.profiles))
     print(f"report: {html}" + (f" (landing page {index})" if not args.out else ""))
+    return 0
+
+
+def cmd_incremental(args) -> int:
+    import json
+
+    import yaml
+
+    from pipeline.errors import ConfigError
+    from pipeline.incremental import run_incremental, incremental_spec
+
+    params, paths = _params(args), _paths(args)
+    overrides = {}
+    for item in args.param or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--param {item!r}: expected KEY=VALUE (e.g. relax=true)")
+        overrides[key] = yaml.safe_load(value)
+    n_new = args.new_classes if args.new_classes == "majority" else int(args.new_classes)
+    spec = incremental_spec(params, args.method, args.dataset, args.bits, seed=args.seed, epochs=args.epochs, method_overrides=overrides)
+    out = run_incremental(
+        spec, paths.prepared(args.dataset), n_new=n_new, class_seed=args.class_seed, increment_epochs=args.increment_epochs, retrain=not args.no_retrain
+    )
+    print(f"{spec.key()}: new classes {out.classes['new']}, counts {out.counts}")
+    print("training seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in out.seconds.items()))
+    for key in sorted(k for k in out.metrics if k.endswith("/map@all") and "/random/" not in k):
+        print(f"  {key:36s} {out.metrics[key]:.4f}")
+    target = Path(args.out) if args.out else paths.root / "results" / "incremental" / f"{args.dataset}-{args.method}-{args.bits}-new{args.new_classes}-s{args.seed}.json"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps({"key": spec.key(), **out.summary()}, indent=2, sort_keys=True) + "\n")
+    print(f"written: {target}")
     return 0
 
 
@@ -196,6 +231,20 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--profile", default="demo")
     r.add_argument("--out", help="output folder (default: reports/<profile>)")
     r.set_defaults(func=cmd_report)
+
+    inc = sub.add_parser("incremental", help="incremental-class protocol: original step, increment with old codes fixed, full retraining (timed)")
+    inc.add_argument("--method", required=True)
+    inc.add_argument("--dataset", required=True)
+    inc.add_argument("--bits", type=int, required=True)
+    inc.add_argument("--new-classes", default="1", help="number of new classes (1, 2, 3, ...) or 'majority' (new outnumber old)")
+    inc.add_argument("--class-seed", type=int, default=0, help="seed of the choice of new classes")
+    inc.add_argument("--seed", type=int, default=0, help="trial seed (model)")
+    inc.add_argument("--epochs", type=int, help="epochs of the original step and of the retraining (default: train.epochs)")
+    inc.add_argument("--increment-epochs", type=int, help="epochs of the incremental step (default: --epochs)")
+    inc.add_argument("--param", action="append", help="method parameter override KEY=VALUE (repeatable), e.g. relax=true")
+    inc.add_argument("--no-retrain", action="store_true", help="skip the full-retraining reference")
+    inc.add_argument("--out", help="JSON file (default: results/incremental/<dataset>-<method>-<bits>-new<N>-s<seed>.json)")
+    inc.set_defaults(func=cmd_incremental)
 
     ls = sub.add_parser("list", help="datasets, methods, suites and profiles")
     ls.set_defaults(func=cmd_list)

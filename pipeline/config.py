@@ -75,6 +75,36 @@ class IndexConfig(_Strict):
     latency_queries: int = Field(200, ge=1)
 
 
+class ClassGroupsConfig(_Strict):
+    """Head / medium / tail class groups by training-set frequency, for per-group mAP (long-tail evaluation).
+
+    ``by: fraction``: the ``head_frac`` most frequent classes are head, the ``tail_frac`` rarest tail
+    (:func:`pipeline.metrics.class_groups`); ``by: threshold``: count > ``head_min`` head, < ``tail_max``
+    tail (:func:`pipeline.metrics.class_groups_by_threshold`); ``by: none``: no per-group mAP."""
+
+    by: Literal["none", "fraction", "threshold"] = "none"
+    head_frac: float = Field(1 / 3, ge=0, le=1)
+    tail_frac: float = Field(1 / 3, ge=0, le=1)
+    head_min: int = Field(100, ge=0)
+    tail_max: int = Field(20, ge=0)
+
+    @field_validator("tail_frac")
+    @classmethod
+    def _fractions(cls, v: float, info) -> float:
+        head = info.data.get("head_frac", 1 / 3)
+        if head + v > 1:
+            raise ValueError(f"head_frac + tail_frac must be <= 1, got {head} + {v}")
+        return v
+
+    @field_validator("tail_max")
+    @classmethod
+    def _thresholds(cls, v: int, info) -> int:
+        head_min = info.data.get("head_min", 100)
+        if v > head_min:
+            raise ValueError(f"tail_max ({v}) must not exceed head_min ({head_min})")
+        return v
+
+
 class EvalConfig(_Strict):
     """Evaluation settings; the conventions are logged with every number."""
 
@@ -84,6 +114,17 @@ class EvalConfig(_Strict):
     radius: int = Field(2, ge=0)
     random_baseline: bool = True
     index: IndexConfig = IndexConfig()
+    class_groups: ClassGroupsConfig = ClassGroupsConfig()
+
+    from pydantic import model_serializer as _model_serializer  # (local: keeps this edit inside EvalConfig)
+
+    @_model_serializer(mode="wrap")
+    def _without_default_groups(self, handler):
+        """Leave ``class_groups`` out of dumps while it is off, so trial hashes of existing suites do not change."""
+        data = handler(self)
+        if isinstance(data, dict) and self.class_groups.by == "none":
+            data.pop("class_groups", None)
+        return data
 
     @field_validator("topk")
     @classmethod
@@ -130,8 +171,16 @@ class TuneSettings(_Strict):
         description="asha: ASHA (async successive halving) stops weak trials early from the per-epoch validation "
         "metric; fifo: every trial runs all epochs. A --sweep always runs every trial to the end",
     )
+    executor: Literal["auto", "train"] = Field(
+        "auto",
+        description="auto: a 1-worker trial runs the training loop in its Tune trial process (no Ray Train worker "
+        "group, so a trial ASHA stops frees its CPUs at once and per-trial overhead is small); train: every trial is a "
+        "Ray Train TorchTrainer as in bench (always so with resources.num_workers > 1); a stopped trial's worker group "
+        "is then released by pipeline.runner.worker_group_releaser",
+    )
     num_samples: int = Field(20, ge=1)
     epochs: int = Field(10, ge=1, description="maximum epochs of a trial (ASHA stops weak trials earlier)")
+    evaluate_default: bool = Field(True, description="the search's first trial is params.yaml's configuration (when it lies in the space), so best and default compare on the same validation split")
     grace_period: int = Field(1, ge=1)
     reduction_factor: float = Field(2.0, gt=1)
     validation_fraction: float = Field(0.2, gt=0, lt=1)
@@ -146,8 +195,38 @@ class ProfileConfig(_Strict):
     description: str = ""
 
 
+class IncrementalSuiteConfig(_Strict):
+    """The incremental-class protocol of a suite (ADIH, paper 003): each trial is one original step,
+    one incremental step with the original codes fixed and a full retraining (pipeline/incremental.py)."""
+
+    new_classes: list[int | Literal["majority"]] = Field(
+        [1], min_length=1, description="new classes per trial: a count (1, 2, 3, ...) or 'majority' (new outnumber old)"
+    )
+    class_seed: int = Field(0, description="seed of the choice of new classes")
+    increment_epochs: int | None = Field(None, ge=1, description="epochs of the incremental step (null: the trial's train.epochs)")
+    retrain: bool = Field(True, description="also train the full-retraining reference (time ratio and ADIH-I)")
+
+    @field_validator("new_classes")
+    @classmethod
+    def _positive(cls, v: list) -> list:
+        for n in v:
+            if n != "majority" and (not isinstance(n, int) or n < 1):
+                raise ValueError(f"{n!r} is not a positive number of new classes or 'majority'")
+        return v
+
+
+class IncrementalTrial(_Strict):
+    """One trial's incremental-protocol settings (the suite's, with one ``new_classes`` value)."""
+
+    new_classes: int | Literal["majority"]
+    class_seed: int = 0
+    increment_epochs: int | None = None
+    retrain: bool = True
+
+
 class SuiteConfig(_Strict):
-    """One benchmark unit: a dataset x methods x code lengths x seeds, run as one Ray Tune grid."""
+    """One benchmark unit: a dataset x methods x code lengths x seeds, run as one Ray Tune grid (an
+    ``incremental`` suite: x new-class counts, run trial by trial, see pipeline/incremental_bench.py)."""
 
     dataset: str
     profile: str
@@ -159,6 +238,7 @@ class SuiteConfig(_Strict):
     eval: dict[str, Any] = {}
     method_params: dict[str, dict[str, Any]] = {}
     tuned: bool = Field(False, description="take method (and searched train) parameters from tuned/<dataset>/<method>-<bits>.yaml")
+    incremental: IncrementalSuiteConfig | None = Field(None, description="run the incremental-class protocol instead of plain training")
 
     @field_validator("bits")
     @classmethod
@@ -217,6 +297,7 @@ class TrialSpec(_Strict):
     protocol: str
     method: str  # the registered method that runs
     variant: str | None = None  # the params.yaml name of a variant of ``method`` (None: the method itself)
+    incremental: IncrementalTrial | None = None  # the incremental-class protocol (None: plain training)
     bits: int
     seed: int
     method_params: dict[str, Any]
@@ -233,13 +314,15 @@ class TrialSpec(_Strict):
         """sha256 over everything that changes the trial's result (not the suite name). The variant
         name counts (two variants with equal parameters are two trials); without one the hash is the
         one a plain method always had."""
-        payload = self.model_dump(mode="json", exclude={"suite"} if self.variant else {"suite", "variant"})
+        exclude = {"suite"} | {k for k in ("variant", "incremental") if getattr(self, k) is None}
+        payload = self.model_dump(mode="json", exclude=exclude)
         blob = json.dumps(payload, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()
 
     def key(self) -> str:
         """Human-readable resume key: dataset/method/bits/seed plus the hash of the resolved params."""
-        return f"{self.dataset}/{self.name}/{self.bits}b/s{self.seed}/{self.resolved_hash()[:12]}"
+        inc = f"new{self.incremental.new_classes}/" if self.incremental else ""
+        return f"{self.dataset}/{self.name}/{self.bits}b/s{self.seed}/{inc}{self.resolved_hash()[:12]}"
 
 
 # -- loading -----------------------------------------------------------------------------------------
@@ -351,6 +434,12 @@ def check_params(params: Params) -> None:
                     + (f"; variants: {', '.join(variants)}" if variants else "")
                 )
             cls = get_method_class(params.implementation(m))
+            if suite.incremental is not None and not getattr(cls, "supports_incremental", False):
+                raise ConfigError(
+                    f"{where}.methods[{i}]: method {m!r} does not support the incremental-class protocol of this suite "
+                    f"(suites.{sname}.incremental); methods that do: "
+                    + ", ".join(n for n in known_methods if getattr(get_method_class(n), "supports_incremental", False))
+                )
             missing = [mod for mod in cls.modalities if mod not in spec.modalities]
             if missing:
                 raise ConfigError(
@@ -415,7 +504,10 @@ def expand_suite(params: Params, suite_name: str) -> list[TrialSpec]:
         for bits in suite.bits:
             if suite.tuned:
                 mp, train = apply_tuned(params, suite.dataset, method, bits, suite.method_params.get(method, {}), trial_train(params, suite_name, method))
-            for seed in suite.seeds:
+            incs = [None] if suite.incremental is None else [
+                IncrementalTrial(new_classes=n, **suite.incremental.model_dump(exclude={"new_classes"})) for n in suite.incremental.new_classes
+            ]
+            for seed, inc in ((s, i) for s in suite.seeds for i in incs):
                 trials.append(
                     TrialSpec(
                         suite=suite_name,
@@ -423,6 +515,7 @@ def expand_suite(params: Params, suite_name: str) -> list[TrialSpec]:
                         protocol=protocol,
                         method=params.implementation(method),
                         variant=method if params.implementation(method) != method else None,
+                        incremental=inc,
                         bits=bits,
                         seed=seed,
                         method_params=mp,

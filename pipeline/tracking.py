@@ -148,6 +148,8 @@ def trial_params(spec: TrialSpec) -> dict[str, str]:
         out[k] = str(dumped[k])
     out["method"] = spec.name
     out["implementation"] = spec.method
+    if dumped.get("incremental"):
+        _flatten("incremental", dumped["incremental"], out)
     return out
 
 
@@ -159,6 +161,7 @@ def trial_tags(spec: TrialSpec, provenance: Mapping[str, str]) -> dict[str, str]
         "hashbench.dataset": spec.dataset,
         "hashbench.method": spec.name,
         "hashbench.implementation": spec.method,
+        **({"hashbench.incremental_new": str(spec.incremental.new_classes)} if spec.incremental else {}),
         "hashbench.bits": str(spec.bits),
         "hashbench.seed": str(spec.seed),
         "eval.ties": spec.eval.ties,

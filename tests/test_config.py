@@ -16,8 +16,9 @@ def test_repository_params_load():
     assert set(params.suites_of_profile("demo")) == {"demo-wikipedia", "demo-digits"}
     assert params.train.device == "auto"
     trials = expand_suite(params, "demo-wikipedia")
-    assert len(trials) == 1 * 2 * 2
-    assert {t.method for t in trials} == {"dcmh"}
+    assert len(trials) == 5 * 2 * 2
+    assert {t.method for t in trials} == {"dcmh", "prdh", "cmhh", "mfpmc", "adih"}
+    assert {t.method_params["image_hidden"] == [512] for t in trials if t.method == "mfpmc"} == {True}  # suite override
     assert all(t.train.epochs == 30 for t in trials)  # suite override applied
 
 
@@ -139,10 +140,10 @@ def test_variant_with_equal_parameters_is_a_distinct_trial(tmp_path, repo_params
     assert t["crh"].resolved_hash() != t["crh-u"].resolved_hash()
 
 
-def test_plain_method_hash_ignores_the_variant_field(tmp_path, repo_params):
+def test_plain_method_hash_ignores_the_variant_and_incremental_fields(tmp_path, repo_params):
     params = load_params(write_params(tmp_path, repo_params))
     t = expand_suite(params, "demo-digits")[0]
-    payload = t.model_dump(mode="json", exclude={"suite", "variant"})
+    payload = t.model_dump(mode="json", exclude={"suite", "variant", "incremental"})
     import hashlib
     import json
 

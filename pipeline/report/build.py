@@ -146,14 +146,18 @@ def index_table(g: pd.DataFrame, direction: str) -> list[dict]:
     return rows
 
 
-def build_report(runs: ProfileRuns, out_dir: Path, *, title: str, notes: dict[str, str]) -> Path:
-    """Write index.html, metrics.json and plots/*.json under ``out_dir``; return the HTML path."""
+def build_report(runs: ProfileRuns, out_dir: Path, *, title: str, notes: dict[str, str], searches: list | None = None) -> Path:
+    """Write index.html, metrics.json and plots/*.json under ``out_dir``; return the HTML path.
+
+    ``searches`` (:class:`pipeline.report.sensitivity.Search`) add the hyperparameter sensitivity section."""
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "plots").mkdir(exist_ok=True)
     df = runs.runs
     sections, metrics_json = [], {}
-    if not df.empty:
-        for (suite, dataset), g in df.groupby(["suite", "dataset"], sort=True):
+    # incremental-protocol trials have their own section (pipeline/report/incremental.py)
+    plain = df[df["incremental_new"].isna()] if "incremental_new" in df else df
+    if not plain.empty:
+        for (suite, dataset), g in plain.groupby(["suite", "dataset"], sort=True):
             g = g.dropna(axis=1, how="all")  # columns of other datasets' directions
             section = {"suite": suite, "dataset": dataset, "directions": [], "n_runs": len(g)}
             metrics_json[suite] = {}
@@ -192,7 +196,15 @@ def build_report(runs: ProfileRuns, out_dir: Path, *, title: str, notes: dict[st
             }
             sections.append(section)
     env = _environment()
-    context = {"title": title, "sections": sections, "runs": runs, "notes": notes}
+    from pipeline.report.sensitivity import render_sections
+
+    context = {"title": title, "sections": sections, "runs": runs, "notes": notes, "sensitivity": render_sections(searches or [])}
+    from pipeline.report.longtail import render_longtail  # long-tail runs: paper 004 Table-2 layout (empty otherwise)
+
+    context["longtail"] = render_longtail(plain)
+    from pipeline.report.incremental import render_incremental
+
+    context["incremental"] = render_incremental(df)
     _write_atomic(out_dir / "_body.html", env.get_template("body.html.j2").render(**context))
     html_path = out_dir / "index.html"
     _write_atomic(html_path, env.get_template("page.html.j2").render(**context))
@@ -224,87 +236,3 @@ def _overhead(g: pd.DataFrame) -> dict[str, float] | None:
     if not all(c in g for c in cols):
         return None
     return {c[2:]: float(g[c].mean()) for c in cols}
-
-
-# -- tuning: sensitivity ------------------------------------------------------------------------------
-
-
-def scatter_svg(xs: list, ys: list, colors: list[str], *, xlabel: str, ylabel: str, log_x: bool = False, width: int = 320, height: int = 240) -> str:
-    """A small inline SVG scatter of ``ys`` against ``xs`` (numeric, optionally log x; else categorical)."""
-    pad = 40
-    w, h = width - 2 * pad, height - 2 * pad
-    numeric = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in xs)
-    if numeric:
-        tx = [math.log10(x) if log_x and x > 0 else float(x) for x in xs]
-        if log_x and any(x <= 0 for x in xs):
-            pos = [v for x, v in zip(xs, tx) if x > 0]
-            floor = (min(pos) - 1) if pos else -1.0
-            tx = [floor if x <= 0 else v for x, v in zip(xs, tx)]
-        lo, hi = (min(tx), max(tx)) if tx else (0.0, 1.0)
-    else:
-        cats = sorted({str(x) for x in xs})
-        tx = [cats.index(str(x)) for x in xs]
-        lo, hi = -0.5, len(cats) - 0.5
-    if hi - lo < 1e-12:
-        lo, hi = lo - 0.5, hi + 0.5
-    finite = [y for y in ys if y is not None and math.isfinite(y)]
-    ylo, yhi = (min(finite), max(finite)) if finite else (0.0, 1.0)
-    if yhi - ylo < 1e-12:
-        ylo, yhi = ylo - 0.05, yhi + 0.05
-    sx = lambda v: pad + (v - lo) / (hi - lo) * w  # noqa: E731
-    sy = lambda v: pad + (1 - (v - ylo) / (yhi - ylo)) * h  # noqa: E731
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img">']
-    parts.append(f'<rect x="{pad}" y="{pad}" width="{w}" height="{h}" fill="none" stroke="#999"/>')
-    for t in (0.0, 0.5, 1.0):
-        yv = ylo + t * (yhi - ylo)
-        parts.append(f'<text x="{pad - 4}" y="{sy(yv) + 3:.1f}" font-size="9" text-anchor="end">{yv:.3g}</text>')
-        if numeric:
-            xv = lo + t * (hi - lo)
-            label = f"{10 ** xv:.2g}" if log_x else f"{xv:.3g}"
-            parts.append(f'<text x="{sx(xv):.1f}" y="{height - 14}" font-size="9" text-anchor="middle">{label}</text>')
-    if not numeric:
-        for i, c in enumerate(cats):
-            parts.append(f'<text x="{sx(i):.1f}" y="{height - 14}" font-size="9" text-anchor="middle">{html.escape(c)}</text>')
-    parts.append(f'<text x="{pad + w / 2}" y="{height - 2}" font-size="10" text-anchor="middle">{html.escape(xlabel)}{" (log)" if log_x and numeric else ""}</text>')
-    parts.append(f'<text x="10" y="{pad + h / 2}" font-size="10" transform="rotate(-90 10 {pad + h / 2})" text-anchor="middle">{html.escape(ylabel)}</text>')
-    for x, y, c in zip(tx, ys, colors):
-        if y is not None and math.isfinite(y):
-            parts.append(f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="3.5" fill="{c}" fill-opacity="0.8"/>')
-    parts.append("</svg>")
-    return "".join(parts)
-
-
-def build_sensitivity(trials: list[dict], out: Path, *, title: str, metric: str, notes: dict[str, str]) -> Path:
-    """Sensitivity section of a search: the validation metric against each searched hyperparameter
-    (one scatter per parameter; filled = finished, orange = stopped early by ASHA), as one page."""
-    status_color = {"finished": PALETTE[0], "stopped_early": PALETTE[4]}
-    names = sorted({k for t in trials for k in t["config"]})
-    sections = []
-    for name in names:
-        rows = [t for t in trials if name in t["config"] and t["status"] != "failed"]
-        xs = [r["config"][name] for r in rows]
-        positive = [x for x in xs if isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0]
-        log_x = len(positive) >= 2 and max(positive) / min(positive) >= 100
-        svg = scatter_svg(xs, [r["value"] for r in rows], [status_color.get(r["status"], "#888") for r in rows], xlabel=name, ylabel=metric, log_x=log_x)
-        sections.append(f"<figure><figcaption>{html.escape(metric)} vs {html.escape(name)}</figcaption>{svg}</figure>")
-    failed = [t for t in trials if t["status"] == "failed"]
-    rows = "".join(
-        f"<tr><td>{html.escape(repr(t['config']))}</td><td>{_fmt_value(t['value'])}</td><td>{t['status']}</td><td>{html.escape(t['error'] or '')}</td></tr>"
-        for t in sorted(trials, key=lambda t: -(t["value"] if t["value"] is not None else -1e9))
-    )
-    note_html = "".join(f"<p><b>{html.escape(k)}:</b> {html.escape(v)}</p>" for k, v in notes.items())
-    page = (
-        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-        "<style>body{font-family:sans-serif;margin:2em}figure{display:inline-block;margin:0 1em 1em 0}td,th{padding:2px 8px;border-bottom:1px solid #ddd}</style></head><body>"
-        f"<h1>{html.escape(title)}</h1>{note_html}<h2>Sensitivity</h2><p>{html.escape(metric)} on the validation split against each searched hyperparameter "
-        f"(blue: finished; orange: stopped early by ASHA, last reported value); {len(failed)} failed trial(s) listed below.</p>"
-        + "".join(sections)
-        + f"<h2>Trials</h2><table><tr><th>configuration</th><th>{html.escape(metric)}</th><th>status</th><th>error</th></tr>{rows}</table></body></html>"
-    )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(out, page)
-    return out
-
-
-def _fmt_value(v) -> str:
-    return "" if v is None else f"{v:.4f}"
