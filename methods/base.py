@@ -123,6 +123,10 @@ class HashMethod(torch.nn.Module):
         """Real-valued codes (B, bits) for ``modality``; the evaluator takes the sign."""
         raise NotImplementedError
 
+    def provenance_tags(self) -> dict[str, str]:
+        """Tags recorded on the trial's MLflow run (e.g. where pretrained weights came from, or that there were none)."""
+        return {}
+
     # -- incremental-class protocol (pipeline/incremental.py) -----------------------------------
     #: True when the method implements :meth:`on_increment_start`; the incremental runner refuses others.
     supports_incremental: ClassVar[bool] = False

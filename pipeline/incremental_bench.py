@@ -50,7 +50,7 @@ def run_incremental_trials(pending: list[TrialSpec], common: dict[str, Any]) -> 
         assert spec.incremental is not None, spec.key()
         inc = spec.incremental
         t0 = time.perf_counter()
-        run_id = tracking.start_trial_run(uri, exp_id, spec, {**common["provenance"], "hashbench.protocol": "incremental"})
+        run_id = tracking.start_trial_run(uri, exp_id, spec, common["provenance"])
         try:
             outcome = run_incremental(
                 spec,

@@ -129,7 +129,10 @@ def _log_outcome(uri: str, run_id: str, spec: TrialSpec, outcome) -> dict[str, f
     final = outcome.evaluation.flat_metrics()
     final.update(train_seconds=outcome.train_seconds, eval_seconds=outcome.eval_seconds, n_parameters=outcome.n_parameters)
     tracking.log_metrics(uri, run_id, final, step=spec.train.epochs)
-    tracking.client(uri).set_tag(run_id, "device", outcome.device)
+    c = tracking.client(uri)
+    c.set_tag(run_id, "device", outcome.device)
+    for k, v in getattr(outcome, "tags", {}).items():  # the method's provenance (e.g. pretrained weights or random init)
+        c.set_tag(run_id, k, str(v)[:5000])
     tracking.log_outcome_artifacts(uri, run_id, outcome)
     return final
 

@@ -159,6 +159,7 @@ def trial_tags(spec: TrialSpec, provenance: Mapping[str, str]) -> dict[str, str]
         "hashbench.resolved_sha256": spec.resolved_hash(),
         "hashbench.suite": spec.suite,
         "hashbench.dataset": spec.dataset,
+        "hashbench.protocol": spec.protocol,
         "hashbench.method": spec.name,
         "hashbench.implementation": spec.method,
         **({"hashbench.incremental_new": str(spec.incremental.new_classes)} if spec.incremental else {}),

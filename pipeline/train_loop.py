@@ -79,6 +79,7 @@ class TrialOutcome:
     device: str
     n_parameters: int
     extras: dict[str, Any] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)  # the method's provenance tags (HashMethod.provenance_tags)
 
 
 def _distributed_world() -> tuple[int, int]:
@@ -179,6 +180,7 @@ def run_trial(
         db_labels=data.database.labels,
         directions=retrieval_directions(cls.modalities),
         cfg=spec.eval,
+        train_labels=data.train.labels,
     )
     eval_seconds = time.perf_counter() - t1
     return TrialOutcome(
@@ -188,6 +190,7 @@ def run_trial(
         eval_seconds=eval_seconds,
         device=str(dev),
         n_parameters=n_params,
+        tags=dict(method.provenance_tags()),
     )
 
 

@@ -13,7 +13,7 @@ from tests.conftest import REPO, write_params
 
 def test_repository_params_load():
     params = load_params(REPO / "params.yaml")
-    assert set(params.suites_of_profile("demo")) == {"demo-wikipedia", "demo-digits"}
+    assert set(params.suites_of_profile("demo")) == {"demo-wikipedia", "demo-digits", "demo-digits-lt100"}
     assert params.train.device == "auto"
     trials = expand_suite(params, "demo-wikipedia")
     assert len(trials) == 5 * 2 * 2
@@ -115,6 +115,7 @@ def _with_variant(repo_params, **variant):
     p = copy.deepcopy(repo_params)
     p["methods"]["crh-u"] = {"method": "crh", **variant}
     p["suites"]["demo-digits"]["methods"] = ["crh", "crh-u"]
+    p["suites"]["demo-digits"]["method_params"] = {}
     return p
 
 

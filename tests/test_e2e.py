@@ -32,7 +32,7 @@ def _tiny_params() -> dict:
     # only the two demo suites this test knows, shrunk; the other demo suites stay out of the tiny project
     p["suites"] = {k: v for k, v in p["suites"].items() if v["profile"] != "demo" or k in ("demo-wikipedia", "demo-digits")}
     for name, methods in (("demo-wikipedia", ["dcmh"]), ("demo-digits", ["csq"])):
-        p["suites"][name].update(methods=methods, bits=[16], seeds=[0, 1], train={"epochs": 3})
+        p["suites"][name].update(methods=methods, bits=[16], seeds=[0, 1], train={"epochs": 3}, method_params={})
     p["eval"]["index"]["latency_queries"] = 20
     return p
 

@@ -72,16 +72,9 @@ def load_pretrained(model: nn.Module, name: str, path: str | None) -> str:
             log.warning("%s: no pretrained weights (no weights file given, %s not in the torch hub cache): RANDOM INIT", name, cached)
             return f"random-init (no file; hub cache {cached} absent)"
         src, origin = cached, "hub-cache"
-    try:
-        state = torch.load(src, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - re-raised with the file named
-        raise MethodError(f"backbone {name!r}: cannot load weights file {str(src)!r}: {exc}") from exc
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        raise MethodError(f"backbone {name!r}: weights file {str(src)!r} does not match the model: {exc}") from exc
+    from methods.nets.weights import load_state_dict_into, read_state_dict
+
+    load_state_dict_into(model, read_state_dict(src, f"backbone {name!r}"), src, f"backbone {name!r}")
     log.info("%s: ImageNet weights loaded from %s (%s)", name, src, origin)
     return f"pretrained ({origin}: {src})"
 

@@ -13,7 +13,6 @@ is removed.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -136,19 +135,9 @@ def torchvision_trunk(name: str, in_channels: int, weights: str | None = None) -
         )
     model = torchvision.models.get_model(name, weights=None)
     if weights:
-        path = Path(weights)
-        if not path.is_file():
-            raise MethodError(f"backbone {name!r}: weights file {str(path)!r} does not exist")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - re-raised with the file named
-            raise MethodError(f"backbone {name!r}: cannot load weights file {str(path)!r}: {exc}") from exc
-        if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-            state = state["state_dict"]
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as exc:
-            raise MethodError(f"backbone {name!r}: weights file {str(path)!r} does not match the model: {exc}") from exc
+        from methods.nets.weights import load_state_dict_into, read_state_dict
+
+        load_state_dict_into(model, read_state_dict(weights, f"backbone {name!r}"), weights, f"backbone {name!r}")
     width = _strip_classifier(model, name)
     return _TorchvisionTrunk(model, width, in_channels)
 

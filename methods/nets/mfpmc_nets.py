@@ -34,7 +34,6 @@ nothing is ever downloaded.
 from __future__ import annotations
 
 from collections import OrderedDict
-from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -177,22 +176,10 @@ class CNNF(nn.Module):
 
 def load_cnnf_weights(model: CNNF, path: str) -> None:
     """Load a local ``state_dict`` (this module's keys; a ``state_dict`` entry of a checkpoint also works) into ``model``."""
-    file = Path(path)
-    if not file.is_file():
-        raise MethodError(f"cnnf: weights file {str(file)!r} does not exist")
-    try:
-        state = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - re-raised with the file named
-        raise MethodError(f"cnnf: cannot load weights file {str(file)!r}: {exc}") from exc
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise MethodError(f"cnnf: weights file {str(file)!r} holds a {type(state).__name__}, expected a state_dict")
-    state = {k: v for k, v in state.items() if not k.startswith("fc8.")}
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        raise MethodError(f"cnnf: weights file {str(file)!r} does not match CNN-F (keys features.conv1.weight ... fc7.bias): {exc}") from exc
+    from methods.nets.weights import load_state_dict_into, read_state_dict
+
+    state = {k: v for k, v in read_state_dict(path, "cnnf").items() if not k.startswith("fc8.")}
+    load_state_dict_into(model, state, path, "cnnf", expected="CNN-F (keys features.conv1.weight ... fc7.bias)")
 
 
 class _GradReverse(torch.autograd.Function):

@@ -58,6 +58,7 @@ def collect_runs(uri: str, bench_dir: Path, suites: list[str], profile: str) -> 
                 "trial_key": key,
                 "run_id": run_id,
                 "dataset": tags.get("hashbench.dataset"),
+                "protocol": tags.get("hashbench.protocol"),
                 "method": tags.get("hashbench.method"),
                 "bits": int(tags.get("hashbench.bits", trial["bits"])),
                 "seed": int(tags.get("hashbench.seed", trial["seed"])),
