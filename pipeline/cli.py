@@ -187,6 +187,12 @@ def cmd_list(args) -> int:
     except HashBenchError as exc:
         print(f"(params not loaded: {exc})")
         return 0
+    variants = {n: b for n, b in params.methods.items() if (b or {}).get("method") not in (None, n)}
+    if variants:
+        print("variants (params.yaml methods.<name>.method):")
+        for n, b in variants.items():
+            changed = ", ".join(f"{k}={v}" for k, v in b.items() if k != "method")
+            print(f"  {n:16s} = {b['method']}" + (f" with {changed}" if changed else ""))
     print("suites:")
     for n, s in params.suites.items():
         print(f"  {n:24s} profile={s.profile} dataset={s.dataset} methods={','.join(s.methods)} bits={s.bits} seeds={s.seeds}")

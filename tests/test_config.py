@@ -169,3 +169,13 @@ def test_unknown_suite_method_lists_variants(tmp_path, repo_params):
     p["suites"]["demo-digits"]["methods"] = ["crh", "crh-v"]
     msg = _bad(tmp_path, p, lambda p: None)
     assert "suites.demo-digits.methods[1]" in msg and "variants: crh-u" in msg
+
+
+def test_hashbench_list_shows_variants_with_their_changes(capsys):
+    from pipeline.cli import main
+
+    assert main(["--params", str(REPO / "params.yaml"), "list"]) == 0
+    out = capsys.readouterr().out
+    assert "variants (params.yaml methods.<name>.method):" in out
+    assert "crh-u            = crh with reassign=False" in out
+    assert "mfpmc-base       = mfpmc with imfm=False, tmfm=False, lfpmc=False" in out
