@@ -241,7 +241,7 @@ def incremental_spec(
 ) -> TrialSpec:
     """A :class:`TrialSpec` for ``hashbench incremental``: the method's params.yaml block (plus overrides),
     the global ``train`` settings (with the method's ``train`` block and ``epochs``), the global ``eval``."""
-    from pipeline.config import TrainConfig, deep_merge, method_params
+    from pipeline.config import TrainConfig, deep_merge, method_block, method_params
     from pipeline.data.registry import get_dataset
     from pipeline.errors import ConfigError
 
@@ -249,7 +249,7 @@ def incremental_spec(
         raise ConfigError(f"{params.source}: dataset {dataset!r} is not configured under 'datasets'; configured: {', '.join(params.datasets)}")
     ds_spec = get_dataset(dataset)
     mp = method_params(params, method, method_overrides or {}, where=f"incremental --method {method} --param")
-    train = deep_merge(params.train.model_dump(), (params.methods.get(method) or {}).get("train") or {})
+    train = deep_merge(params.train.model_dump(), method_block(params, method).get("train") or {})
     if epochs is not None:
         train["epochs"] = int(epochs)
     try:
@@ -260,7 +260,8 @@ def incremental_spec(
         suite="incremental",
         dataset=dataset,
         protocol=protocol or ds_spec.default_protocol,
-        method=method,
+        method=params.implementation(method),
+        variant=method if params.implementation(method) != method else None,
         bits=int(bits),
         seed=int(seed),
         method_params=mp,

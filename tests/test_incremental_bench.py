@@ -102,3 +102,12 @@ def test_report_shows_the_incremental_table(tmp_path, repo_params, prepared_root
     ratio = run.data.metrics["increment_time_ratio"]
     assert f"{ratio:.2f} ± 0.00" in html  # the table shows the logged ratio
     assert "image → text: mAP@all" in html and "text → image: mAP@all" in html
+
+
+def test_incremental_cli_spec_resolves_variants(tmp_path, repo_params):
+    from pipeline.incremental import incremental_spec
+
+    params = load_params(write_params(tmp_path, _params(repo_params)))
+    spec = incremental_spec(params, "adih-i", "wikipedia", 32, epochs=3)
+    assert (spec.method, spec.variant, spec.name) == ("adih", "adih-i", "adih-i")
+    assert spec.method_params["incremental"] is False and spec.train.epochs == 3
