@@ -218,13 +218,8 @@ class ADIH(HashMethod):
 
     @torch.no_grad()
     def on_train_start(self, data: TrainData) -> None:
-        labels = data.labels
-        if tuple(labels.shape) != tuple(self.train_labels.shape):
-            raise MethodError(
-                f"adih: training labels of dataset {self.info.dataset!r} have shape {tuple(labels.shape)}, expected {tuple(self.train_labels.shape)}"
-            )
+        self.store_train_labels(data.labels)
         self.stage = "original"
-        self.train_labels.copy_(labels.to(self.train_labels))
         outs = {m: getattr(self, f"F_{m}") for m in self.mods}
         self._forward_all(data, outs)
         init = sign_pm1(torch.randn(self.codes(self.mods[0]).shape, device=self.train_labels.device))

@@ -123,6 +123,19 @@ class HashMethod(torch.nn.Module):
         """Real-valued codes (B, bits) for ``modality``; the evaluator takes the sign."""
         raise NotImplementedError
 
+    @torch.no_grad()
+    def store_train_labels(self, labels: torch.Tensor) -> None:
+        """Copy ``TrainData.labels`` into the method's ``train_labels`` buffer, refusing a shape other than (n_train, n_classes)."""
+        buf = self.train_labels
+        if tuple(labels.shape) != tuple(buf.shape):
+            from pipeline.errors import MethodError
+
+            raise MethodError(
+                f"{self.name}: training labels of dataset {self.info.dataset!r} have shape {tuple(labels.shape)}, "
+                f"expected (n_train, n_classes) = {tuple(buf.shape)}"
+            )
+        buf.copy_(labels.to(buf))
+
     def provenance_tags(self) -> dict[str, str]:
         """Tags recorded on the trial's MLflow run (e.g. where pretrained weights came from, or that there were none)."""
         return {}

@@ -227,13 +227,7 @@ class MFPMC(HashMethod):
 
     @torch.no_grad()
     def on_train_start(self, data: TrainData) -> None:
-        labels = data.labels
-        if tuple(labels.shape) != tuple(self.train_labels.shape):
-            raise MethodError(
-                f"mfpmc: training labels of dataset {self.info.dataset!r} have shape {tuple(labels.shape)}, "
-                f"expected (n_train, n_classes) = {tuple(self.train_labels.shape)}"
-            )
-        self.train_labels.copy_(labels.to(self.train_labels))
+        self.store_train_labels(data.labels)
         if data.batches is not None:
             self._refresh_codes(data)
         else:
