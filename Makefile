@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 
 .PHONY: demo test install clean-results
 
-$(VENV)/.installed: pyproject.toml setup.py pipeline/_hamming_kernel.c
+$(VENV)/.installed: pyproject.toml setup.py pipeline/eval/_hamming_kernel.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[dev]'

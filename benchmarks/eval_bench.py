@@ -1,7 +1,7 @@
 """Retrieval-evaluation engine and binary-index benchmark. Prints figures and ratios; asserts nothing.
 
 1. NUS-WIDE scale (2,000 queries x 193,734 database items, 64 bits, 21 labels): mAP@all and mAP@5000
-   of ``pipeline.metrics`` in ``index`` tie mode against the usual per-query reference code (a stable
+   of ``pipeline.eval.metrics`` in ``index`` tie mode against the usual per-query reference code (a stable
    argsort of the Hamming distances, then cumulative precision), which computes the same numbers.
    The reference runs on a subset of the queries and is extrapolated linearly (it is a loop of
    identical per-query steps); the subset's values are compared with the engine's.
@@ -30,8 +30,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline import index as X  # noqa: E402
-from pipeline import metrics as M  # noqa: E402
+from pipeline.eval import index as X  # noqa: E402
+from pipeline.eval import metrics as M  # noqa: E402
 
 N_LABELS = 21
 
@@ -148,7 +148,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="engine and faiss threads (default: all cores)")
     ap.add_argument("--sections", default="1,2,3", help="comma-separated sections to run")
     args = ap.parse_args()
-    from pipeline import kernels
+    from pipeline.eval import kernels
 
     backend = kernels.backend()
     if args.threads:

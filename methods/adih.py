@@ -76,7 +76,7 @@ retraining's (1.0 s vs 9.1 s on a loaded 2-core CPU).
   as above).
 * ``relax=True`` is ADIH+R: the code sub-problems are solved without the discrete constraint (closed form
   ``H = P (Q + alpha I)^-1``); ``beta=0, mu=0`` is ADIH-B; ``incremental=False`` is ADIH-I: the
-  incremental runner (pipeline/incremental.py) then retrains from scratch on all data instead of the
+  incremental runner (pipeline/protocols/incremental.py) then retrains from scratch on all data instead of the
   incremental step. In an ordinary trial all three flags but ``relax``/``beta`` change nothing.
 * Network: an MLP per modality on features/bag-of-words (``hidden``), the small CNN or a torchvision
   model on pixels (the paper's CNN is not specified in this copy).
@@ -102,7 +102,7 @@ from methods.losses.adih import (
 )
 from methods.nets import build_encoder
 from methods.registry import register_method
-from pipeline.errors import MethodError
+from pipeline.core.errors import MethodError
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""The method contract: hooks that the shared training loop (pipeline/train_loop.py) calls.
+"""The method contract: hooks that the shared training loop (pipeline/train/loop.py) calls.
 
 A method never owns the training loop, evaluation, logging or checkpointing. It declares
 
@@ -21,42 +21,8 @@ from typing import Any, ClassVar, Mapping
 import torch
 from pydantic import BaseModel, ConfigDict
 
-MODALITY_KINDS = ("features", "pixels", "bow")
-
-
-@dataclass(frozen=True)
-class ModalitySpec:
-    """One modality of a prepared dataset as the networks see it.
-
-    ``kind`` is ``features`` (dense float vector, shape ``(dim,)``), ``pixels`` (uint8 image stored
-    channels-first, shape ``(C, H, W)``; the loader scales it to [0, 1] floats) or ``bow``
-    (bag-of-words counts, shape ``(vocab,)``, delivered dense float).
-    """
-
-    name: str
-    kind: str
-    shape: tuple[int, ...]
-
-    @property
-    def dim(self) -> int:
-        """Number of input values per item (product of the shape)."""
-        n = 1
-        for s in self.shape:
-            n *= int(s)
-        return n
-
-
-@dataclass(frozen=True)
-class DataInfo:
-    """What a method may know about the training data when it is built."""
-
-    dataset: str
-    modalities: Mapping[str, ModalitySpec]
-    n_classes: int
-    multi_label: bool
-    n_train: int
-    label_names: tuple[str, ...] = ()
-
+from pipeline.core.errors import MethodError
+from pipeline.core.types import MODALITY_KINDS, DataInfo, ModalitySpec
 
 @dataclass
 class TrainData:
@@ -128,8 +94,6 @@ class HashMethod(torch.nn.Module):
         """Copy ``TrainData.labels`` into the method's ``train_labels`` buffer, refusing a shape other than (n_train, n_classes)."""
         buf = self.train_labels
         if tuple(labels.shape) != tuple(buf.shape):
-            from pipeline.errors import MethodError
-
             raise MethodError(
                 f"{self.name}: training labels of dataset {self.info.dataset!r} have shape {tuple(labels.shape)}, "
                 f"expected (n_train, n_classes) = {tuple(buf.shape)}"
@@ -140,7 +104,7 @@ class HashMethod(torch.nn.Module):
         """Tags recorded on the trial's MLflow run (e.g. where pretrained weights came from, or that there were none)."""
         return {}
 
-    # -- incremental-class protocol (pipeline/incremental.py) -----------------------------------
+    # -- incremental-class protocol (pipeline/protocols/incremental.py) -----------------------------------
     #: True when the method implements :meth:`on_increment_start`; the incremental runner refuses others.
     supports_incremental: ClassVar[bool] = False
 
@@ -162,6 +126,4 @@ class HashMethod(torch.nn.Module):
         items (their codes) unchanged; the runner encodes the old database before the increment and
         never again.
         """
-        from pipeline.errors import MethodError
-
         raise MethodError(f"method {self.name!r} does not support the incremental-class protocol (no on_increment_start)")

@@ -65,7 +65,7 @@ from methods.losses.codebook import (
 )
 from methods.nets import build_encoder
 from methods.registry import register_method
-from pipeline.errors import MethodError
+from pipeline.core.errors import MethodError
 
 log = logging.getLogger(__name__)
 

@@ -31,7 +31,7 @@ from methods.base import DataInfo, HashMethod, MethodParams, TrainData
 from methods.losses import center_bce_with_logits, label_centers, logcosh_quantization, make_hash_centers, square_quantization
 from methods.nets import build_encoder
 from methods.registry import register_method
-from pipeline.errors import MethodError
+from pipeline.core.errors import MethodError
 
 log = logging.getLogger(__name__)
 

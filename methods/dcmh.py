@@ -45,7 +45,7 @@ from methods.base import DataInfo, HashMethod, MethodParams, TrainData
 from methods.losses import bit_balance_loss, pairwise_nll, quantization_loss, similarity_from_labels
 from methods.nets import build_encoder
 from methods.registry import register_method
-from pipeline.errors import MethodError
+from pipeline.core.errors import MethodError
 
 log = logging.getLogger(__name__)
 

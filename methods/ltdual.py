@@ -64,7 +64,7 @@ from methods.losses.longtail import bce_quantization_loss, hash_proxy_loss, self
 from methods.nets.dual_stream import DualStream, ZeroMeanHashLayer, build_trunk
 from methods.nets.encoders import SmallCNN, mlp
 from methods.registry import register_method
-from pipeline.errors import MethodError
+from pipeline.core.errors import MethodError
 
 log = logging.getLogger(__name__)
 

@@ -111,7 +111,7 @@ from methods.losses.mfpmc import (
 )
 from methods.nets.mfpmc_nets import IMFM_POOLS, TMFM_POOLS, ModalityDiscriminator, build_image_net, build_text_net, grad_reverse
 from methods.registry import register_method
-from pipeline.errors import MethodError
+from pipeline.core.errors import MethodError
 
 log = logging.getLogger(__name__)
 

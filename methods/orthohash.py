@@ -32,7 +32,7 @@ from methods.losses import make_hash_centers
 from methods.losses.codebook import cosine_margin_ce, cosine_quantization
 from methods.nets import build_encoder
 from methods.registry import register_method
-from pipeline.errors import MethodError
+from pipeline.core.errors import MethodError
 
 log = logging.getLogger(__name__)
 

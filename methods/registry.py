@@ -10,7 +10,7 @@ import importlib
 from typing import Any, Mapping
 
 from methods.base import DataInfo, HashMethod, MethodParams
-from pipeline.errors import MethodError
+from pipeline.core.errors import MethodError
 
 # One line per method module. Adding a method = one file + one line here.
 _MODULES: tuple[str, ...] = (

@@ -16,7 +16,7 @@ import logging
 import sys
 from pathlib import Path
 
-from pipeline.errors import HashBenchError
+from pipeline.core.errors import HashBenchError
 
 log = logging.getLogger("hashbench")
 
@@ -28,7 +28,7 @@ def _params(args):
 
 
 def _paths(args):
-    from pipeline.paths import ProjectPaths
+    from pipeline.core.paths import ProjectPaths
 
     return ProjectPaths.at(args.root)
 
@@ -60,7 +60,7 @@ def cmd_prepare(args) -> int:
 
 
 def _dataset_names(args, params) -> list[str]:
-    from pipeline.errors import ConfigError
+    from pipeline.core.errors import ConfigError
 
     names = list(params.datasets) if args.all else args.datasets
     if not names:
@@ -72,12 +72,12 @@ def _dataset_names(args, params) -> list[str]:
 
 
 def cmd_bench(args) -> int:
-    from pipeline.runner import run_bench
+    from pipeline.protocols.standard import run_bench
 
     params, paths = _params(args), _paths(args)
     suites = args.suite or (params.suites_of_profile(args.profile) if args.profile else [])
     if not suites:
-        from pipeline.errors import ConfigError
+        from pipeline.core.errors import ConfigError
 
         raise ConfigError("pass --suite NAME (repeatable) or --profile NAME")
     for suite in suites:
@@ -90,7 +90,7 @@ def cmd_bench(args) -> int:
 
 
 def cmd_tune(args) -> int:
-    from pipeline.tune import run_tune
+    from pipeline.protocols.tuning import run_tune
 
     params, paths = _params(args), _paths(args)
     summary = run_tune(
@@ -118,7 +118,7 @@ def cmd_tune(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from pipeline import tracking
+    from pipeline.train import tracking
     from pipeline.report.build import build_landing, build_report
     from pipeline.report.collect import collect_runs
     from pipeline.report.sensitivity import collect_searches
@@ -144,8 +144,8 @@ def cmd_incremental(args) -> int:
 
     import yaml
 
-    from pipeline.errors import ConfigError
-    from pipeline.incremental import run_incremental, incremental_spec
+    from pipeline.core.errors import ConfigError
+    from pipeline.protocols.incremental import run_incremental, incremental_spec
 
     params, paths = _params(args), _paths(args)
     overrides = {}

@@ -31,7 +31,7 @@ def write_params(root: Path, params: dict) -> Path:
 def prepared_root(tmp_path_factory) -> Path:
     """A project root with wikipedia, digits and synthetic fetched and prepared (once per session)."""
     from pipeline.data.registry import get_dataset
-    from pipeline.paths import ProjectPaths
+    from pipeline.core.paths import ProjectPaths
 
     root = tmp_path_factory.mktemp("project")
     paths = ProjectPaths.at(root)

@@ -7,7 +7,7 @@ import copy
 import pytest
 
 from pipeline.config import expand_suite, load_params
-from pipeline.errors import ConfigError
+from pipeline.core.errors import ConfigError
 from tests.conftest import REPO, write_params
 
 

@@ -134,7 +134,7 @@ def test_reassignment_moves_classes_to_their_codes():
 
 # -- training on digits ---------------------------------------------------------------------------
 def test_crh_trains_on_digits_and_is_deterministic(tmp_path, repo_params, prepared_root):
-    from pipeline.train_loop import encode_parts, run_trial  # noqa: F401
+    from pipeline.train.loop import encode_parts, run_trial  # noqa: F401
 
     spec = trial_spec(tmp_path, repo_params, "crh", 16, epochs=6, method_params={"reassign_every": 2})
     out = run_trial(spec, prepared_root / "data" / "prepared" / "digits")
@@ -158,7 +158,7 @@ def test_crh_multi_label_synthetic_runs(tmp_path, repo_params, prepared_root):
     Regression: with eval-mode (running-statistics) codes the cost matrix collapsed on this set and CRH
     stayed at random-code mAP; with ``codes_mode: train`` it learns.
     """
-    from pipeline.train_loop import run_trial
+    from pipeline.train.loop import run_trial
 
     # head_bits pinned to the 8 bits this regression was measured with (auto gives 4-bit heads for the 16-centre
     # codebook of 8 labels: 0.452 vs random 0.443 after 4 epochs, see methods/crh.py)

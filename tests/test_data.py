@@ -11,8 +11,8 @@ from pipeline.data.formats import PreparedDataset, write_prepared, ModalityData
 from pipeline.data.loaders import SplitData
 from pipeline.data.registry import get_dataset
 from pipeline.data.splits import Split, query_database_split
-from pipeline.errors import DataError
-from pipeline.paths import ProjectPaths
+from pipeline.core.errors import DataError
+from pipeline.core.paths import ProjectPaths
 
 
 def test_wikipedia_protocol(prepared_root):

@@ -25,7 +25,7 @@ from pipeline.data import download as dl
 from pipeline.data.archives import UnsafeArchive
 from pipeline.data.formats import PreparedDataset
 from pipeline.data.registry import get_dataset
-from pipeline.errors import DataError
+from pipeline.core.errors import DataError
 from tests.fixtures_archives import (
     CIFAR_NAMES,
     RangeServer,

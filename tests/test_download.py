@@ -11,7 +11,7 @@ import pytest
 from pipeline.data import download as dl
 from pipeline.data.archives import UnsafeArchive, check_extracted, extract_archive
 from pipeline.data.download import ChecksumLock, ChecksumMismatch, DownloadError, RemoteFile, fetch_file
-from pipeline.errors import DataError
+from pipeline.core.errors import DataError
 from tests.fixtures_archives import RangeServer, closed_port_url, evil_tar, evil_zip, _tar, _zip
 
 

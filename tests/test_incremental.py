@@ -1,5 +1,5 @@
 """The incremental-class protocol: class split and item rule (pipeline/data/incremental.py) and one
-incremental trial (pipeline/incremental.py) of ADIH on the embedded Wikipedia data."""
+incremental trial (pipeline/protocols/incremental.py) of ADIH on the embedded Wikipedia data."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pipeline.config import expand_suite, load_params
 from pipeline.data.formats import PreparedDataset
 from pipeline.data.incremental import ClassSplit, has_new_class, incremental_split, n_new_classes, split_classes
 from pipeline.data.splits import Split
-from pipeline.errors import DataError, MethodError
+from pipeline.core.errors import DataError, MethodError
 from tests.conftest import REPO, write_params
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -81,7 +81,7 @@ def _spec(tmp_path, method="adih", method_params=None, bits=16, epochs=6):
 
 
 def test_adih_incremental_trial_keeps_old_codes_and_is_cheaper(tmp_path, prepared_root):
-    from pipeline.incremental import run_incremental
+    from pipeline.protocols.incremental import run_incremental
 
     spec = _spec(tmp_path, method_params={"hidden": [256]})
     out = run_incremental(spec, prepared_root / "data" / "prepared" / "wikipedia", n_new=1, class_seed=0, device="cpu")
@@ -108,7 +108,7 @@ def test_adih_incremental_trial_keeps_old_codes_and_is_cheaper(tmp_path, prepare
 
 
 def test_adih_replay_revisits_the_anchors_with_their_fixed_codes(tmp_path, prepared_root):
-    from pipeline.incremental import run_incremental
+    from pipeline.protocols.incremental import run_incremental
 
     spec = _spec(tmp_path, method_params={"hidden": [64], "replay": True, "anchors": 150}, epochs=3)
     out = run_incremental(spec, prepared_root / "data" / "prepared" / "wikipedia", n_new=3, class_seed=2, device="cpu", retrain=False)
@@ -118,7 +118,7 @@ def test_adih_replay_revisits_the_anchors_with_their_fixed_codes(tmp_path, prepa
 
 
 def test_adih_i_retrains_and_unsupported_methods_are_refused(tmp_path, prepared_root):
-    from pipeline.incremental import run_incremental
+    from pipeline.protocols.incremental import run_incremental
 
     wiki = prepared_root / "data" / "prepared" / "wikipedia"
     spec = _spec(tmp_path, method_params={"hidden": [64], "incremental": False}, epochs=2)

@@ -9,8 +9,8 @@ import copy
 import pytest
 
 from pipeline.config import expand_suite, load_params
-from pipeline.errors import ConfigError
-from pipeline.paths import ProjectPaths
+from pipeline.core.errors import ConfigError
+from pipeline.core.paths import ProjectPaths
 from tests.conftest import write_params
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -50,8 +50,8 @@ def test_incremental_suite_errors_name_the_key(tmp_path, repo_params):
 
 
 def test_bench_runs_and_resumes_an_incremental_suite(tmp_path, repo_params, prepared_root):
-    from pipeline import tracking
-    from pipeline.runner import run_bench
+    from pipeline.train import tracking
+    from pipeline.protocols.standard import run_bench
 
     root = tmp_path / "proj"
     (root / "data" / "prepared").mkdir(parents=True)
@@ -80,10 +80,10 @@ def test_bench_runs_and_resumes_an_incremental_suite(tmp_path, repo_params, prep
 
 
 def test_report_shows_the_incremental_table(tmp_path, repo_params, prepared_root):
-    from pipeline import tracking
+    from pipeline.train import tracking
     from pipeline.report.build import build_report
     from pipeline.report.collect import collect_runs
-    from pipeline.runner import run_bench
+    from pipeline.protocols.standard import run_bench
 
     root = tmp_path / "proj"
     (root / "data" / "prepared").mkdir(parents=True)
@@ -105,7 +105,7 @@ def test_report_shows_the_incremental_table(tmp_path, repo_params, prepared_root
 
 
 def test_incremental_cli_spec_resolves_variants(tmp_path, repo_params):
-    from pipeline.incremental import incremental_spec
+    from pipeline.protocols.incremental import incremental_spec
 
     params = load_params(write_params(tmp_path, _params(repo_params)))
     spec = incremental_spec(params, "adih-i", "wikipedia", 32, epochs=3)

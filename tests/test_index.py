@@ -1,12 +1,12 @@
-"""pipeline.index: exact flat search, approximate hash indexes, the measured figures, and bad input."""
+"""pipeline.eval.index: exact flat search, approximate hash indexes, the measured figures, and bad input."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from pipeline import index as X
-from pipeline.errors import HashBenchError
+from pipeline.eval import index as X
+from pipeline.core.errors import HashBenchError
 
 faiss = pytest.importorskip("faiss")
 

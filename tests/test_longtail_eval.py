@@ -10,7 +10,7 @@ import pytest
 from pipeline.config import ClassGroupsConfig, EvalConfig, IndexConfig
 from pipeline.data.formats import PreparedDataset
 from pipeline.data.longtail import long_tail_counts
-from pipeline.evaluate import evaluate_codes, query_class_groups
+from pipeline.eval.evaluate import evaluate_codes, query_class_groups
 from pipeline.report.longtail import imbalance_factor, longtail_frame, markdown_table, render_longtail, table2
 
 

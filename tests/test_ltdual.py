@@ -20,7 +20,7 @@ from methods.losses.longtail import (
 )
 from methods.ltdual import LTDual, LTDualParams
 from methods.nets.dual_stream import DualStream, ZeroMeanHashLayer, build_trunk, load_pretrained
-from pipeline.errors import MethodError
+from pipeline.core.errors import MethodError
 from tests.conftest import trial_spec
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -179,7 +179,7 @@ def test_cosine_annealing_schedule():
 
 
 def test_ltdual_trains_on_long_tailed_digits_beats_random_and_is_deterministic(tmp_path, repo_params, prepared_root):
-    from pipeline.train_loop import run_trial
+    from pipeline.train.loop import run_trial
 
     def spec_for(seed):
         spec = trial_spec(tmp_path, repo_params, "ltdual", 16, epochs=6, seed=seed,

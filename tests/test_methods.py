@@ -1,7 +1,7 @@
 """Methods train on small real-structured problems and beat random codes; same seed -> identical codes.
 
 Data: scikit-learn's bundled handwritten digits (1797 real 8x8 images, 10 classes; no download).
-The loop below mimics pipeline/train_loop.py's contract: create -> configure_optimizers ->
+The loop below mimics pipeline/train/loop.py's contract: create -> configure_optimizers ->
 on_train_start -> per epoch, per phase, shuffled batches of training_step + optimizer step ->
 on_epoch_end; then encode in eval mode under no_grad.
 """
@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from methods import available_methods, create_method
 from methods.base import DataInfo, ModalitySpec, TrainData
-from pipeline.errors import MethodError
+from pipeline.core.errors import MethodError
 
 sklearn_datasets = pytest.importorskip("sklearn.datasets")
 

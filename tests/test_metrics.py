@@ -1,4 +1,4 @@
-"""pipeline.metrics against slow, obviously-correct references written independently here.
+"""pipeline.eval.metrics against slow, obviously-correct references written independently here.
 
 The references never use the engine's counting: distances come from ``np.unpackbits`` and a
 bit-by-bit comparison, relevance from Python set intersections, rankings from Python's ``sorted``
@@ -15,19 +15,19 @@ import math
 import numpy as np
 import pytest
 
-from pipeline import metrics as M
-from pipeline.errors import HashBenchError
+from pipeline.eval import metrics as M
+from pipeline.core.errors import HashBenchError
 
 NORMS = ("retrieved", "min_k_total", "total")
 
-_HAVE_KERNEL = __import__("pipeline.kernels", fromlist=["load_kernel"]).load_kernel() is not None
+_HAVE_KERNEL = __import__("pipeline.eval.kernels", fromlist=["load_kernel"]).load_kernel() is not None
 
 
 @pytest.fixture(autouse=True, params=["numpy", "kernel"])
 def metrics_backend(request, monkeypatch):
     """Every test runs on both backends: the numpy path and the compiled kernel (skipped when not built)."""
     if request.param == "kernel" and not _HAVE_KERNEL:
-        pytest.skip("compiled kernel pipeline._hamming_kernel not built")
+        pytest.skip("compiled kernel pipeline.eval._hamming_kernel not built")
     monkeypatch.setenv("HASHBENCH_METRICS_BACKEND", request.param)
     return request.param
 
@@ -676,7 +676,7 @@ def test_kernel_and_numpy_paths_are_bit_identical(nbits, labels, monkeypatch, me
 
 
 def test_backend_selection(monkeypatch):
-    from pipeline import kernels
+    from pipeline.eval import kernels
 
     monkeypatch.setenv("HASHBENCH_METRICS_BACKEND", "numpy")
     assert kernels.backend() == "numpy"

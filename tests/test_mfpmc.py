@@ -1,6 +1,6 @@
 """MFPMC (Deng et al., LOP 2022; paper 001): loss terms against hand computations from the paper's
 formulas, closed-form W/V/B against numerical minimisers, the fusion modules and CNN-F, and real
-training through ``pipeline.train_loop.run_trial`` on the embedded Wikipedia and synthetic data.
+training through ``pipeline.train.loop.run_trial`` on the embedded Wikipedia and synthetic data.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from methods.losses.mfpmc import (
 )
 from methods.nets.mfpmc_nets import CNNF, MultiScaleFusion1d, MultiScaleFusion2d, build_image_net, grad_reverse
 from methods.registry import create_method
-from pipeline.errors import MethodError
+from pipeline.core.errors import MethodError
 from tests.test_prdh import wikipedia_trial
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -307,7 +307,7 @@ def test_mfpmc_beats_random_on_wikipedia_and_is_deterministic(tmp_path, prepared
 
 
 def test_mfpmc_pixel_and_bow_path_on_synthetic(tmp_path, prepared_root, repo_params):
-    from pipeline.train_loop import run_trial
+    from pipeline.train.loop import run_trial
     from tests.conftest import trial_spec
 
     params = {**SMALL, "image_backbone": "small_cnn", "image_hidden": []}

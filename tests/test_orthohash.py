@@ -54,7 +54,7 @@ def test_class_codes_orthogonal_and_bn_code_layer():
 
 
 def test_orthohash_trains_on_digits_and_is_deterministic(tmp_path, repo_params, prepared_root):
-    from pipeline.train_loop import run_trial
+    from pipeline.train.loop import run_trial
 
     spec = trial_spec(tmp_path, repo_params, "orthohash", 16, epochs=5)
     out = run_trial(spec, prepared_root / "data" / "prepared" / "digits")
@@ -69,7 +69,7 @@ def test_orthohash_trains_on_digits_and_is_deterministic(tmp_path, repo_params, 
 
 def test_orthohash_multi_label_synthetic_runs(tmp_path, repo_params, prepared_root):
     """Multi-label path (synthetic data): trains, logs finite values, beats random codes."""
-    from pipeline.train_loop import run_trial
+    from pipeline.train.loop import run_trial
 
     spec = trial_spec(tmp_path, repo_params, "orthohash", 16, epochs=3, method_params={}, dataset="synthetic")
     out = run_trial(spec, prepared_root / "data" / "prepared" / "synthetic")

@@ -1,6 +1,6 @@
 """PRDH (Yang et al., AAAI 2017): its loss terms against hand computations, and real training runs.
 
-Training runs use the real loop, ``pipeline.train_loop.run_trial``, on the embedded Wikipedia data
+Training runs use the real loop, ``pipeline.train.loop.run_trial``, on the embedded Wikipedia data
 (prepared once per session by the ``prepared_root`` fixture), with a TrialSpec from a params dict.
 """
 
@@ -17,7 +17,7 @@ from methods.base import DataInfo, ModalitySpec, TrainData
 from methods.losses.crossmodal import batch_covariance, decorrelation_loss
 from methods.registry import create_method
 from pipeline.config import expand_suite, load_params
-from pipeline.train_loop import run_trial
+from pipeline.train.loop import run_trial
 from tests.conftest import REPO, write_params
 
 import yaml

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline import tracking
+from pipeline.train import tracking
 from pipeline.config import load_params, expand_suite
 from pipeline.report.build import build_report, summary_table, pr_svg
 from pipeline.report.collect import ProfileRuns
@@ -69,6 +69,6 @@ def test_finished_trials_resume_bookkeeping(tmp_path):
     ["i2t/map@all", "i2t/map@100", "t2i/ndcg@500", "i2i/p@r2", "i2i/index/hash/recall_at_k", "i2t/random/map@all", "loss/image/likelihood"],
 )
 def test_metric_names_round_trip_through_mlflow(name):
-    logged = tracking._metric_name(name)
+    logged = tracking.metric_name(name)
     assert "@" not in logged
     assert tracking.metric_name_from_mlflow(logged) == name

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.errors import ConfigError
+from pipeline.core.errors import ConfigError
 from tests.conftest import write_params
 
 
@@ -50,7 +50,7 @@ def test_bad_space_is_a_config_error_naming_the_key(repo_params, tmp_path, space
 
 
 def test_good_space_and_sweep_parse(repo_params, tmp_path):
-    from pipeline.tune_space import parse_sweep, split_sample, to_ray
+    from pipeline.config.spaces import parse_sweep, split_sample, to_ray
 
     params = _load(repo_params, tmp_path, spaces={"csq": {"lambda_q": {"choice": [0.0, 1e-3]}, "train.optimizer.lr": {"loguniform": [1e-4, 1e-2]}, "train.batch_size": {"randint": [32, 64]}}})
     assert set(to_ray(params.tune.spaces["csq"])) == {"lambda_q", "train.optimizer.lr", "train.batch_size"}
@@ -62,7 +62,7 @@ def test_good_space_and_sweep_parse(repo_params, tmp_path):
 
 def test_tuned_file_round_trips_into_bench(repo_params, tmp_path):
     from pipeline.config import expand_suite
-    from pipeline.tune import write_best
+    from pipeline.protocols.tuning import write_best
 
     params = _load(repo_params, tmp_path)
     before = expand_suite(params, "t-digits")[0]
@@ -109,7 +109,7 @@ def test_validation_split_is_carved_from_training(prepared_root):
 
 
 def _project(repo_params, tmp_path, prepared_root, **tune):
-    from pipeline.paths import ProjectPaths
+    from pipeline.core.paths import ProjectPaths
 
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "prepared").symlink_to(prepared_root / "data" / "prepared")
@@ -118,7 +118,7 @@ def _project(repo_params, tmp_path, prepared_root, **tune):
 
 
 def _children(params, paths, parent):
-    from pipeline import tracking
+    from pipeline.train import tracking
 
     uri = tracking.tracking_uri(params.tracking, paths)
     c = tracking.client(uri)
@@ -140,7 +140,7 @@ def test_scheduler_and_executor_settings(repo_params, tmp_path):
 
 
 def test_default_point_is_params_yaml_inside_the_space(repo_params, tmp_path):
-    from pipeline.tune import base_spec, default_point
+    from pipeline.protocols.tuning import base_spec, default_point
 
     params = _load(repo_params, tmp_path, spaces={"csq": {"lambda_q": {"loguniform": [1e-4, 1e-1]}, "train.optimizer.lr": {"choice": [0.001, 0.01]}}})
     base = base_spec(params, "csq", "digits", 16, 0, 2, "t")
@@ -152,7 +152,7 @@ def test_default_point_is_params_yaml_inside_the_space(repo_params, tmp_path):
 
 
 def test_a_variant_is_tuned_as_its_registered_method(repo_params, tmp_path):
-    from pipeline.tune import base_spec, default_metric, default_point
+    from pipeline.protocols.tuning import base_spec, default_metric, default_point
 
     raw = _params_dict(repo_params, tmp_path)
     raw["methods"]["csq-hi"] = {"method": "csq", "lambda_q": 0.01}
@@ -212,7 +212,7 @@ def test_release_worker_group_removes_a_leftover_placement_group(tmp_path):
     import ray
     from ray.util.placement_group import placement_group, placement_group_table
 
-    from pipeline import runner
+    from pipeline.protocols import standard as runner
 
     runner._init_ray(None)
     pg = placement_group([{"CPU": 1}])
@@ -234,7 +234,7 @@ def test_optuna_asha_search_stops_trials_and_writes_best_config(repo_params, tmp
     from pipeline.report.build import build_report
     from pipeline.report.collect import ProfileRuns
     from pipeline.report.sensitivity import collect_searches
-    from pipeline.tune import run_tune
+    from pipeline.protocols.tuning import run_tune
 
     params, paths = _project(repo_params, tmp_path, prepared_root)
     assert params.tune.search == "optuna" and params.tune.scheduler == "asha"
@@ -279,7 +279,7 @@ def test_optuna_asha_search_stops_trials_and_writes_best_config(repo_params, tmp
 
 
 def test_sweep_records_failed_trial_and_resumes(repo_params, tmp_path, prepared_root):
-    from pipeline.tune import run_tune
+    from pipeline.protocols.tuning import run_tune
 
     params, paths = _project(repo_params, tmp_path, prepared_root, epochs=2)
     summary = run_tune(params, paths, method="csq", dataset="digits", bits=16, params_file=Path(params.source), sweep="csq.lambda_q=-1.0,0.001")

@@ -40,7 +40,7 @@ from typing import Literal, Mapping, Sequence
 
 import torch
 
-from pipeline.errors import MethodError
+from pipeline.core.errors import MethodError
 
 
 def sign_pm1(x: torch.Tensor) -> torch.Tensor:

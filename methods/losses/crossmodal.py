@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from methods.losses.terms import _reduce
+from methods.losses.terms import reduce_loss
 
 
 def batch_covariance(h: torch.Tensor) -> torch.Tensor:
@@ -80,4 +80,4 @@ def exponential_focal_loss(
     per_pair = s * pos + (1.0 - s) * neg
     if weights is not None:
         per_pair = weights * per_pair
-    return _reduce(per_pair.sum(), d.numel(), reduction)
+    return reduce_loss(per_pair.sum(), d.numel(), reduction)

@@ -19,7 +19,7 @@ import torch.nn.functional as F_
 _LOG2 = math.log(2.0)
 
 
-def _reduce(total: torch.Tensor, count: int, reduction: str) -> torch.Tensor:
+def reduce_loss(total: torch.Tensor, count: int, reduction: str) -> torch.Tensor:
     if reduction == "sum":
         return total
     if reduction == "mean":
@@ -44,12 +44,12 @@ def pairwise_nll(
     """
     theta = scale * (f @ g.t())
     total = (F_.softplus(theta) - s * theta).sum()
-    return _reduce(total, f.shape[0] * g.shape[0], reduction)
+    return reduce_loss(total, f.shape[0] * g.shape[0], reduction)
 
 
 def quantization_loss(b: torch.Tensor, f: torch.Tensor, reduction: str = "sum") -> torch.Tensor:
     """Quantization error ``||B - F||_F^2``, DCMH (Jiang & Li, CVPR 2017) Sec. 3.2, second term of J; mean = per item."""
-    return _reduce(((b - f) ** 2).sum(), f.shape[0], reduction)
+    return reduce_loss(((b - f) ** 2).sum(), f.shape[0], reduction)
 
 
 def bit_balance_loss(f: torch.Tensor, offset: torch.Tensor | None = None) -> torch.Tensor:
@@ -76,7 +76,7 @@ def center_bce(h: torch.Tensor, centers: torch.Tensor, reduction: str = "mean", 
     p = ((h + 1) / 2).clamp(eps, 1 - eps)
     t = (centers + 1) / 2
     per_item = -(t * torch.log(p) + (1 - t) * torch.log1p(-p)).mean(dim=1)
-    return _reduce(per_item.sum(), h.shape[0], reduction)
+    return reduce_loss(per_item.sum(), h.shape[0], reduction)
 
 
 def center_bce_with_logits(z: torch.Tensor, centers: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
@@ -87,7 +87,7 @@ def center_bce_with_logits(z: torch.Tensor, centers: torch.Tensor, reduction: st
     """
     t = (centers + 1) / 2
     per_item = F_.binary_cross_entropy_with_logits(2 * z, t, reduction="none").mean(dim=1)
-    return _reduce(per_item.sum(), z.shape[0], reduction)
+    return reduce_loss(per_item.sum(), z.shape[0], reduction)
 
 
 def logcosh(x: torch.Tensor) -> torch.Tensor:
@@ -98,9 +98,9 @@ def logcosh(x: torch.Tensor) -> torch.Tensor:
 
 def logcosh_quantization(h: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
     """Quantization loss L_Q, CSQ (Yuan et al., CVPR 2020) Sec. 3.3: ``sum_k log cosh(|h_k| - 1)`` over bits; mean = per item."""
-    return _reduce(logcosh(h.abs() - 1).sum(), h.shape[0], reduction)
+    return reduce_loss(logcosh(h.abs() - 1).sum(), h.shape[0], reduction)
 
 
 def square_quantization(h: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
     """Squared variant of CSQ's L_Q (Yuan et al., CVPR 2020): ``sum_k (|h_k| - 1)^2`` over bits; mean = per item."""
-    return _reduce(((h.abs() - 1) ** 2).sum(), h.shape[0], reduction)
+    return reduce_loss(((h.abs() - 1) ** 2).sum(), h.shape[0], reduction)

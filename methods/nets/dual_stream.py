@@ -27,8 +27,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from methods.nets.encoders import _strip_classifier, _TorchvisionTrunk
-from pipeline.errors import MethodError
+from methods.nets.encoders import strip_classifier, TorchvisionTrunk
+from pipeline.core.errors import MethodError
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ def _tiny_swin() -> nn.Module:
     return SwinTransformer(patch_size=[2, 2], embed_dim=24, depths=[2, 2], num_heads=[2, 4], window_size=[2, 2], stochastic_depth_prob=0.0)
 
 
-def build_trunk(name: str, size: str, in_channels: int, weights: str | None) -> tuple[_TorchvisionTrunk, str]:
+def build_trunk(name: str, size: str, in_channels: int, weights: str | None) -> tuple[TorchvisionTrunk, str]:
     """One stream: torchvision model ``name`` (``size`` full or tiny) without its classifier, and its weights status."""
     import torchvision
 
@@ -112,8 +112,8 @@ def build_trunk(name: str, size: str, in_channels: int, weights: str | None) -> 
         status = load_pretrained(model, name, weights)
     else:
         raise MethodError(f"backbone size must be 'full' or 'tiny', got {size!r}")
-    width = _strip_classifier(model, name)
-    return _TorchvisionTrunk(model, width, in_channels), status
+    width = strip_classifier(model, name)
+    return TorchvisionTrunk(model, width, in_channels), status
 
 
 class DualStream(nn.Module):

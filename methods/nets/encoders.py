@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from methods.base import ModalitySpec
-from pipeline.errors import MethodError
+from pipeline.core.errors import MethodError
 
 #: backbone names that are not torchvision models
 OWN_BACKBONES = ("auto", "mlp", "small_cnn")
@@ -74,7 +74,7 @@ class SmallCNN(nn.Module):
         return self.body(x)
 
 
-class _TorchvisionTrunk(nn.Module):
+class TorchvisionTrunk(nn.Module):
     """A torchvision classification model with its classifier replaced by ``Identity``.
 
     Grey images are repeated to 3 channels; inputs in [0, 1] are normalised with ImageNet statistics.
@@ -98,7 +98,7 @@ class _TorchvisionTrunk(nn.Module):
         return torch.flatten(out, 1)
 
 
-def _strip_classifier(model: nn.Module, name: str) -> int:
+def strip_classifier(model: nn.Module, name: str) -> int:
     """Replace the last Linear of the classifier by Identity in place; return its input width."""
     for attr in ("fc", "classifier", "head", "heads"):
         mod = getattr(model, attr, None)
@@ -119,7 +119,7 @@ def _strip_classifier(model: nn.Module, name: str) -> int:
     raise MethodError(f"backbone {name!r}: cannot find its classifier layer (fc / classifier / head) to replace")
 
 
-def torchvision_trunk(name: str, in_channels: int, weights: str | None = None) -> _TorchvisionTrunk:
+def torchvision_trunk(name: str, in_channels: int, weights: str | None = None) -> TorchvisionTrunk:
     """A torchvision model ``name`` built with ``weights=None`` (optionally loading a local state_dict)."""
     try:
         import torchvision
@@ -138,8 +138,8 @@ def torchvision_trunk(name: str, in_channels: int, weights: str | None = None) -
         from methods.nets.weights import load_state_dict_into, read_state_dict
 
         load_state_dict_into(model, read_state_dict(weights, f"backbone {name!r}"), weights, f"backbone {name!r}")
-    width = _strip_classifier(model, name)
-    return _TorchvisionTrunk(model, width, in_channels)
+    width = strip_classifier(model, name)
+    return TorchvisionTrunk(model, width, in_channels)
 
 
 class Encoder(nn.Module):

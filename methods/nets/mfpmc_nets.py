@@ -42,7 +42,7 @@ from torch import nn
 
 from methods.base import ModalitySpec
 from methods.nets.encoders import SmallCNN, mlp, torchvision_trunk
-from pipeline.errors import MethodError
+from pipeline.core.errors import MethodError
 
 #: pool sizes of the paper's modules (Table 1: IMFM, Table 2: TMFM)
 IMFM_POOLS = (5, 10, 15)

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pipeline.errors import MethodError
+from pipeline.core.errors import MethodError
 
 
 def read_state_dict(path: str | Path, what: str) -> dict:

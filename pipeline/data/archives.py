@@ -23,7 +23,7 @@ import zipfile
 from pathlib import Path, PurePosixPath
 from typing import Iterator
 
-from pipeline.errors import DataError
+from pipeline.core.errors import DataError
 
 log = logging.getLogger(__name__)
 

@@ -49,7 +49,7 @@ from pipeline.data.longtail import derive_seed
 from pipeline.data.mirflickr25k import SplitSizes
 from pipeline.data.registry import DatasetSpec, register_dataset
 from pipeline.data.splits import query_database_split
-from pipeline.errors import DataError
+from pipeline.core.errors import DataError
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ from pipeline.data.formats import ModalityData, sha256_file, write_prepared
 from pipeline.data.longtail import long_tail_splits
 from pipeline.data.registry import DatasetParams, DatasetSpec, register_dataset
 from pipeline.data.splits import query_database_split
-from pipeline.errors import DataError
+from pipeline.core.errors import DataError
 
 
 class DigitsParams(DatasetParams):

@@ -12,7 +12,7 @@ publishes, if any. :func:`fetch_file` makes the file present and verified:
 * checksums: the published sha256 / md5 when there is one; otherwise the sha256 recorded in the
   committed lock file ``pipeline/data/checksums.lock.json`` at the first download (trust on first
   use), checked on every later fetch. A mismatch moves the file aside to ``<name>.bad`` (it is never
-  used) and raises a :class:`~pipeline.errors.DataError` naming the file, both hashes and what to do.
+  used) and raises a :class:`~pipeline.core.errors.DataError` naming the file, both hashes and what to do.
 
 Hashing a 13 GB archive takes a minute, so verified digests are cached in
 ``data/raw/<dataset>/.hashbench-verified.json`` keyed by (size, mtime): a file that has not changed
@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 from pipeline.data.fetching import FETCH_RECORD, write_fetch_record
-from pipeline.errors import DataError
+from pipeline.core.errors import DataError
 
 log = logging.getLogger(__name__)
 

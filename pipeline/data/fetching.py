@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Mapping
 
 from pipeline.data.formats import sha256_file
-from pipeline.errors import DataError
+from pipeline.core.errors import DataError
 
 FETCH_RECORD = "FETCH.json"
 

@@ -27,9 +27,9 @@ from typing import Any, Mapping
 import numpy as np
 import scipy.sparse as sp
 
-from methods.base import DataInfo, ModalitySpec
+from pipeline.core.types import DataInfo, ModalitySpec
 from pipeline.data.splits import Split
-from pipeline.errors import DataError
+from pipeline.core.errors import DataError
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"

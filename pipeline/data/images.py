@@ -35,7 +35,7 @@ import numpy as np
 from pydantic import Field
 
 from pipeline.data.registry import DatasetParams
-from pipeline.errors import DataError
+from pipeline.core.errors import DataError
 
 log = logging.getLogger(__name__)
 

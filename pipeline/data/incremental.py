@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.data.splits import Split
-from pipeline.errors import DataError
+from pipeline.core.errors import DataError
 
 MAJORITY = "majority"
 

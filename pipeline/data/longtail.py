@@ -68,7 +68,7 @@ from pipeline.data.formats import ModalityData, write_prepared
 from pipeline.data.images import ImageDatasetParams, pixel_memmap
 from pipeline.data.registry import DatasetSpec, register_dataset
 from pipeline.data.splits import Split
-from pipeline.errors import DataError
+from pipeline.core.errors import DataError
 
 log = logging.getLogger(__name__)
 

@@ -54,7 +54,7 @@ from pipeline.data.images import ImageDatasetParams, pixel_memmap
 from pipeline.data.longtail import derive_seed
 from pipeline.data.registry import DatasetSpec, register_dataset
 from pipeline.data.splits import query_database_split
-from pipeline.errors import DataError
+from pipeline.core.errors import DataError
 
 log = logging.getLogger(__name__)
 

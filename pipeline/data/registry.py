@@ -13,7 +13,7 @@ from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipeline.errors import DataError
+from pipeline.core.errors import DataError
 
 _MODULES: tuple[str, ...] = (
     "pipeline.data.wikipedia",

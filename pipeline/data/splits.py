@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.errors import DataError
+from pipeline.core.errors import DataError
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from pipeline.data.fetching import copy_verified, read_fetch_record, read_sha256
 from pipeline.data.formats import ModalityData, write_prepared
 from pipeline.data.registry import DatasetParams, DatasetSpec, register_dataset
 from pipeline.data.splits import Split
-from pipeline.errors import DataError
+from pipeline.core.errors import DataError
 
 EMBEDDED = Path(__file__).resolve().parents[2] / "data" / "embedded" / "wikipedia"
 

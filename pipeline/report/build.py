@@ -11,12 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from pipeline.report.collect import ProfileRuns
+from pipeline.report.common import DIRECTION_TITLES, TEMPLATES, environment, write_atomic
+from pipeline.report.incremental import render_incremental
+from pipeline.report.longtail import render_longtail
+from pipeline.report.sensitivity import render_sections
 
-TEMPLATES = Path(__file__).parent / "templates"
-DIRECTION_TITLES = {"i2t": "image → text", "t2i": "text → image", "i2i": "image → image", "t2t": "text → text"}
 PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
 
 
@@ -195,39 +196,26 @@ def build_report(runs: ProfileRuns, out_dir: Path, *, title: str, notes: dict[st
                 for key, col in (("commits", "git_commit"), ("dirty", "git_dirty"), ("devices", "device"), ("manifests", "manifest"), ("ties", "ties"), ("ap_norm", "ap_norm"))
             }
             sections.append(section)
-    env = _environment()
-    from pipeline.report.sensitivity import render_sections
+    env = environment()
 
     context = {"title": title, "sections": sections, "runs": runs, "notes": notes, "sensitivity": render_sections(searches or [])}
-    from pipeline.report.longtail import render_longtail  # long-tail runs: paper 004 Table-2 layout (empty otherwise)
 
     context["longtail"] = render_longtail(plain)
-    from pipeline.report.incremental import render_incremental
 
     context["incremental"] = render_incremental(df)
-    _write_atomic(out_dir / "_body.html", env.get_template("body.html.j2").render(**context))
+    write_atomic(out_dir / "_body.html", env.get_template("body.html.j2").render(**context))
     html_path = out_dir / "index.html"
-    _write_atomic(html_path, env.get_template("page.html.j2").render(**context))
+    write_atomic(html_path, env.get_template("page.html.j2").render(**context))
     (out_dir / "metrics.json").write_text(json.dumps(metrics_json, indent=2, sort_keys=True) + "\n")
     return html_path
-
-
-def _environment() -> Environment:
-    return Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html", "j2"]))
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.part")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def build_landing(reports: Path, profiles: list[str]) -> Path:
     """``reports/index.html``: every profile's report body that exists, on one self-contained page."""
     bodies = [(reports / p / "_body.html").read_text() for p in profiles if (reports / p / "_body.html").is_file()]
-    page = _environment().get_template("page.html.j2").render(title="HashBench reports", profiles=bodies)
+    page = environment().get_template("page.html.j2").render(title="HashBench reports", profiles=bodies)
     reports.mkdir(parents=True, exist_ok=True)
-    _write_atomic(reports / "index.html", page)
+    write_atomic(reports / "index.html", page)
     return reports / "index.html"
 
 

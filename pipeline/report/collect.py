@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline import tracking
-from pipeline.errors import HashBenchError
+from pipeline.train import tracking
+from pipeline.core.errors import HashBenchError
 
 
 @dataclass

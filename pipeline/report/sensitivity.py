@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline import tracking
+from pipeline.report.common import environment, write_atomic
+from pipeline.train import tracking
 
 BLUE, ORANGE, RED, BLACK = "#1f77b4", "#ff7f0e", "#d62728", "#222222"
 STATUS = {"FINISHED": "finished", "KILLED": "stopped_early", "FAILED": "failed", "RUNNING": "interrupted", "SCHEDULED": "interrupted"}
@@ -98,7 +99,7 @@ def collect_searches(uri: str, experiment_prefix: str, datasets: set[str] | None
 def _search_of(c, exp_id: str, parent, dataset: str, method: str, bits: int) -> Search:
     tags = parent.data.tags
     metric = tags.get("hashbench.metric", "")
-    logged = tracking._metric_name(metric)
+    logged = tracking.metric_name(metric)
     children = c.search_runs([exp_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'", max_results=10_000)
     # a trial that a resumed search ran again (Tuner.restore reruns unfinished trials) counts once: its last run
     latest: dict[str, Any] = {}
@@ -298,19 +299,17 @@ def render_sections(searches: list[Search]) -> str:
     """The report's sensitivity section (HTML fragment) for ``searches``; empty without any."""
     if not searches:
         return ""
-    from pipeline.report.build import _environment
 
-    return _environment().get_template("sensitivity.html.j2").render(searches=[context(s) for s in searches])
+    return environment().get_template("sensitivity.html.j2").render(searches=[context(s) for s in searches])
 
 
 def build_page(search: Search, out: Path) -> Path:
     """``reports/tune/<dataset>-<method>-<bits>.html``: one search's section as a page of its own."""
-    from pipeline.report.build import _environment, _write_atomic
 
     body = render_sections([search])
-    page = _environment().get_template("tune_page.html.j2").render(title=f"Sensitivity: {search.method} on {search.dataset}, {search.bits} bits", body=body)
+    page = environment().get_template("tune_page.html.j2").render(title=f"Sensitivity: {search.method} on {search.dataset}, {search.bits} bits", body=body)
     out.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(out, page)
+    write_atomic(out, page)
     return out
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.errors import HashBenchError
+from pipeline.core.errors import HashBenchError
 
 
 def to_pm1(codes) -> np.ndarray:

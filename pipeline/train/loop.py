@@ -25,8 +25,8 @@ from methods.registry import create_method, get_method_class
 from pipeline.config import OptimizerConfig, TrialSpec
 from pipeline.data.formats import PreparedDataset
 from pipeline.data.loaders import SplitData
-from pipeline.errors import MethodError, TrainingError
-from pipeline.evaluate import EvaluationResult, evaluate_codes, retrieval_directions
+from pipeline.core.errors import MethodError, TrainingError
+from pipeline.eval.evaluate import EvaluationResult, evaluate_codes, retrieval_directions
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-/* Optional compiled kernel of pipeline.metrics: per-query Hamming-distance histograms and tie-rule ranks.
+/* Optional compiled kernel of pipeline.eval.metrics: per-query Hamming-distance histograms and tie-rule ranks.
  *
  * Loaded with ctypes (the functions below take raw pointers and run without the GIL); the PyInit stub
  * only lets setuptools build it as an ordinary extension module. Every floating-point value it writes
@@ -271,6 +271,6 @@ int hb_abi_version(void) { return 3; }
 int hb_segments(void) { return HB_SEG; }
 
 static struct PyModuleDef hb_module = {PyModuleDef_HEAD_INIT, "_hamming_kernel",
-                                       "ctypes-loaded kernel of pipeline.metrics (no Python-level API)", -1, NULL};
+                                       "ctypes-loaded kernel of pipeline.eval.metrics (no Python-level API)", -1, NULL};
 
 PyMODINIT_FUNC PyInit__hamming_kernel(void) { return PyModule_Create(&hb_module); }

@@ -1,7 +1,7 @@
 """Typed configuration: params.yaml validated once into pydantic models.
 
 Every other module receives these objects, never raw dictionaries. Validation errors are raised as
-:class:`~pipeline.errors.ConfigError` naming the file, the key (dotted path) and what is allowed, e.g.
+:class:`~pipeline.core.errors.ConfigError` naming the file, the key (dotted path) and what is allowed, e.g.
 ``params.yaml: suites.demo-digits.bits[1]: 12 is not a positive multiple of 8``.
 
 Layout of params.yaml (see the file itself for the documented defaults):
@@ -30,7 +30,8 @@ from typing import Any, Literal, Mapping
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from pipeline.errors import ConfigError
+from pipeline.core.errors import ConfigError
+from pipeline.data.registry import get_dataset
 
 DEFAULT_PARAMS = "params.yaml"
 
@@ -79,8 +80,8 @@ class ClassGroupsConfig(_Strict):
     """Head / medium / tail class groups by training-set frequency, for per-group mAP (long-tail evaluation).
 
     ``by: fraction``: the ``head_frac`` most frequent classes are head, the ``tail_frac`` rarest tail
-    (:func:`pipeline.metrics.class_groups`); ``by: threshold``: count > ``head_min`` head, < ``tail_max``
-    tail (:func:`pipeline.metrics.class_groups_by_threshold`); ``by: none``: no per-group mAP."""
+    (:func:`pipeline.eval.metrics.class_groups`); ``by: threshold``: count > ``head_min`` head, < ``tail_max``
+    tail (:func:`pipeline.eval.metrics.class_groups_by_threshold`); ``by: none``: no per-group mAP."""
 
     by: Literal["none", "fraction", "threshold"] = "none"
     head_frac: float = Field(1 / 3, ge=0, le=1)
@@ -156,7 +157,7 @@ class TrackingConfig(_Strict):
 
 
 class TuneSettings(_Strict):
-    """``hashbench tune``: hyperparameter search on the bench trial code (see pipeline/tune.py).
+    """``hashbench tune``: hyperparameter search on the bench trial code (see pipeline/protocols/tuning.py).
 
     ``spaces.<method>.<hyperparameter>`` is one distribution: ``{loguniform: [lo, hi]}``,
     ``{uniform: [lo, hi]}``, ``{randint: [lo, hi]}`` (integers, hi inclusive), ``{choice: [a, b, ...]}``
@@ -176,7 +177,7 @@ class TuneSettings(_Strict):
         description="auto: a 1-worker trial runs the training loop in its Tune trial process (no Ray Train worker "
         "group, so a trial ASHA stops frees its CPUs at once and per-trial overhead is small); train: every trial is a "
         "Ray Train TorchTrainer as in bench (always so with resources.num_workers > 1); a stopped trial's worker group "
-        "is then released by pipeline.runner.worker_group_releaser",
+        "is then released by pipeline.protocols.standard.worker_group_releaser",
     )
     num_samples: int = Field(20, ge=1)
     epochs: int = Field(10, ge=1, description="maximum epochs of a trial (ASHA stops weak trials earlier)")
@@ -197,7 +198,7 @@ class ProfileConfig(_Strict):
 
 class IncrementalSuiteConfig(_Strict):
     """The incremental-class protocol of a suite (ADIH, paper 003): each trial is one original step,
-    one incremental step with the original codes fixed and a full retraining (pipeline/incremental.py)."""
+    one incremental step with the original codes fixed and a full retraining (pipeline/protocols/incremental.py)."""
 
     new_classes: list[int | Literal["majority"]] = Field(
         [1], min_length=1, description="new classes per trial: a count (1, 2, 3, ...) or 'majority' (new outnumber old)"
@@ -226,7 +227,7 @@ class IncrementalTrial(_Strict):
 
 class SuiteConfig(_Strict):
     """One benchmark unit: a dataset x methods x code lengths x seeds, run as one Ray Tune grid (an
-    ``incremental`` suite: x new-class counts, run trial by trial, see pipeline/incremental_bench.py)."""
+    ``incremental`` suite: x new-class counts, run trial by trial, see pipeline/protocols/incremental_bench.py)."""
 
     dataset: str
     profile: str
@@ -266,10 +267,8 @@ class Params(_Strict):
     # -- typed accessors ---------------------------------------------------------------------------
     def dataset_params(self, name: str):
         """The dataset's validated parameter model."""
-        from pipeline.data.registry import get_dataset
-
         spec = get_dataset(name)
-        return _validate(spec.Params, self.datasets.get(name) or {}, f"datasets.{name}", self.source)
+        return validate_model(spec.Params, self.datasets.get(name) or {}, f"datasets.{name}", self.source)
 
     def implementation(self, name: str) -> str:
         """The registered method that method name ``name`` runs: ``name`` itself, or a variant's ``method``."""
@@ -349,14 +348,14 @@ def _format_loc(prefix: str, loc: tuple) -> str:
     return out
 
 
-def _validate(model: type[BaseModel], data: Any, prefix: str, source: str):
+def validate_model(model: type[BaseModel], data: Any, prefix: str, source: str):
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_format_errors(exc, prefix, source)) from None
+        raise ConfigError(format_errors(exc, prefix, source)) from None
 
 
-def _format_errors(exc: ValidationError, prefix: str, source: str) -> str:
+def format_errors(exc: ValidationError, prefix: str, source: str) -> str:
     lines = []
     for err in exc.errors():
         loc = _format_loc(prefix, tuple(err["loc"]))
@@ -368,188 +367,3 @@ def _format_errors(exc: ValidationError, prefix: str, source: str) -> str:
     return "\n".join(lines)
 
 
-def load_params(path: str | Path = DEFAULT_PARAMS, overrides: Mapping[str, Any] | None = None) -> Params:
-    """Read, merge ``overrides`` into, and validate a params file; cross-check names against the registries."""
-    path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: params file not found (run from the project root or pass --params)") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
-    if overrides:
-        raw = deep_merge(raw, overrides)
-    raw = {**raw, "source": str(path)}
-    params = _validate(Params, raw, "", str(path))
-    check_params(params)
-    return params
-
-
-def check_params(params: Params) -> None:
-    """Cross-field checks: every name refers to something registered and compatible."""
-    from methods.registry import available_methods, get_method_class
-    from pipeline.data.registry import available_datasets, get_dataset
-
-    src = params.source
-    known_methods = available_methods()
-    known_datasets = available_datasets()
-    for name in params.datasets:
-        if name not in known_datasets:
-            raise ConfigError(f"{src}: datasets.{name}: unknown dataset {name!r}; available: {', '.join(known_datasets)}")
-        params.dataset_params(name)
-    for name, block in params.methods.items():
-        if block is not None and not isinstance(block, Mapping):
-            raise ConfigError(f"{src}: methods.{name}: expected a mapping of hyperparameters, got {block!r}")
-        impl = (block or {}).get("method")
-        if impl is None:
-            if name not in known_methods:
-                raise ConfigError(
-                    f"{src}: methods.{name}: unknown method {name!r}; available: {', '.join(known_methods)} "
-                    f"(a variant needs 'method: <one of these>')"
-                )
-        elif not isinstance(impl, str) or impl not in known_methods:
-            raise ConfigError(f"{src}: methods.{name}.method: {impl!r} is not a registered method; available: {', '.join(known_methods)}")
-        elif name in known_methods and impl != name:
-            raise ConfigError(f"{src}: methods.{name}.method: {name!r} is a registered method and cannot be a variant of {impl!r}; pick another name")
-        elif impl != name and "method" in (params.methods.get(impl) or {}):
-            raise ConfigError(f"{src}: methods.{name}.method: {impl!r} is itself a variant; a variant's 'method' must name a registered method")
-        method_params(params, name, {})
-    for sname, suite in params.suites.items():
-        where = f"{src}: suites.{sname}"
-        if suite.dataset not in params.datasets:
-            raise ConfigError(f"{where}.dataset: {suite.dataset!r} is not configured under 'datasets'; configured: {', '.join(params.datasets)}")
-        if suite.profile not in params.profiles:
-            raise ConfigError(f"{where}.profile: unknown profile {suite.profile!r}; defined profiles: {', '.join(params.profiles)}")
-        spec = get_dataset(suite.dataset)
-        protocol = suite.protocol or spec.default_protocol
-        if protocol not in spec.protocols:
-            raise ConfigError(f"{where}.protocol: dataset {suite.dataset!r} has no protocol {protocol!r}; available: {', '.join(spec.protocols)}")
-        variants = [n for n, b in params.methods.items() if (b or {}).get("method") not in (None, n)]
-        for i, m in enumerate(suite.methods):
-            if m not in known_methods and m not in variants:
-                raise ConfigError(
-                    f"{where}.methods[{i}]: unknown method {m!r}; available: {', '.join(known_methods)}"
-                    + (f"; variants: {', '.join(variants)}" if variants else "")
-                )
-            cls = get_method_class(params.implementation(m))
-            if suite.incremental is not None and not getattr(cls, "supports_incremental", False):
-                raise ConfigError(
-                    f"{where}.methods[{i}]: method {m!r} does not support the incremental-class protocol of this suite "
-                    f"(suites.{sname}.incremental); methods that do: "
-                    + ", ".join(n for n in known_methods if getattr(get_method_class(n), "supports_incremental", False))
-                )
-            missing = [mod for mod in cls.modalities if mod not in spec.modalities]
-            if missing:
-                raise ConfigError(
-                    f"{where}.methods[{i}]: method {m!r} needs modalities {list(cls.modalities)}, dataset {suite.dataset!r} has {list(spec.modalities)}"
-                )
-        for m in suite.method_params:
-            if m not in suite.methods:
-                raise ConfigError(f"{where}.method_params.{m}: method {m!r} is not in this suite's methods {suite.methods}")
-        for m in suite.methods:
-            trial_train(params, sname, m)
-            method_params(params, m, suite.method_params.get(m, {}), where=f"suites.{sname}.method_params.{m}")
-        _validate(EvalConfig, deep_merge(params.eval.model_dump(), suite.eval), f"suites.{sname}.eval", src)
-    from pipeline.tune_space import check_spaces
-
-    check_spaces(params)
-
-
-def method_block(params: Params, method: str) -> dict[str, Any]:
-    """The ``methods.<method>`` block as written, a variant's merged over its registered method's block
-    (without the ``method`` key)."""
-    impl = params.implementation(method)
-    block = dict(params.methods.get(method) or {})
-    if impl != method:
-        block = deep_merge(params.methods.get(impl) or {}, block)
-    block.pop("method", None)
-    return block
-
-
-def method_params(params: Params, method: str, override: Mapping[str, Any], where: str | None = None) -> dict[str, Any]:
-    """Validated hyperparameters of ``method`` (a method or a variant; its block merged with a suite
-    override), as a dict."""
-    from methods.registry import get_method_class
-
-    cls = get_method_class(params.implementation(method))
-    block = deep_merge(method_block(params, method), override)
-    block.pop("train", None)
-    model = _validate(cls.Params, block, where or f"methods.{method}", params.source)
-    return model.model_dump(mode="json")
-
-
-def trial_train(params: Params, suite: str, method: str) -> TrainConfig:
-    """Training settings of one method in one suite: global < method's ``train`` block < suite's ``train``."""
-    merged = params.train.model_dump()
-    merged = deep_merge(merged, method_block(params, method).get("train") or {})
-    merged = deep_merge(merged, params.suites[suite].train)
-    return _validate(TrainConfig, merged, f"suites.{suite}.train (with methods.{method}.train)", params.source)
-
-
-def expand_suite(params: Params, suite_name: str) -> list[TrialSpec]:
-    """The trial grid of a suite: methods x bits x seeds, each fully resolved."""
-    from pipeline.data.registry import get_dataset
-
-    suite = params.suite(suite_name)
-    spec = get_dataset(suite.dataset)
-    protocol = suite.protocol or spec.default_protocol
-    ds_params = params.dataset_params(suite.dataset).model_dump(mode="json")
-    eval_cfg = _validate(EvalConfig, deep_merge(params.eval.model_dump(), suite.eval), f"suites.{suite_name}.eval", params.source)
-    trials = []
-    for method in suite.methods:
-        mp = method_params(params, method, suite.method_params.get(method, {}))
-        train = trial_train(params, suite_name, method)
-        for bits in suite.bits:
-            if suite.tuned:
-                mp, train = apply_tuned(params, suite.dataset, method, bits, suite.method_params.get(method, {}), trial_train(params, suite_name, method))
-            incs = [None] if suite.incremental is None else [
-                IncrementalTrial(new_classes=n, **suite.incremental.model_dump(exclude={"new_classes"})) for n in suite.incremental.new_classes
-            ]
-            for seed, inc in ((s, i) for s in suite.seeds for i in incs):
-                trials.append(
-                    TrialSpec(
-                        suite=suite_name,
-                        dataset=suite.dataset,
-                        protocol=protocol,
-                        method=params.implementation(method),
-                        variant=method if params.implementation(method) != method else None,
-                        incremental=inc,
-                        bits=bits,
-                        seed=seed,
-                        method_params=mp,
-                        dataset_params=ds_params,
-                        train=train,
-                        eval=eval_cfg,
-                    )
-                )
-    return trials
-
-
-def tuned_file(params: Params, dataset: str, method: str, bits: int) -> Path:
-    """Where ``hashbench tune`` writes the best configuration: tuned/<dataset>/<method>-<bits>.yaml
-    beside the params file."""
-    return Path(params.source).resolve().parent / "tuned" / dataset / f"{method}-{bits}.yaml"
-
-
-def apply_tuned(params: Params, dataset: str, method: str, bits: int, suite_override: Mapping[str, Any], train: TrainConfig) -> tuple[dict[str, Any], TrainConfig]:
-    """Method parameters and training settings with a tuned file's ``method_params``/``train`` merged
-    in (tuned values win over params.yaml and the suite's method_params). Changes the trial key."""
-    path = tuned_file(params, dataset, method, bits)
-    if not path.exists():
-        raise ConfigError(f"{path}: no tuned configuration for {method} at {bits} bits on {dataset} (a suite has tuned: true); run `hashbench tune --method {method} --dataset {dataset} --bits {bits}`")
-    try:
-        body = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    if not isinstance(body, dict) or not isinstance(body.get("method_params", {}), dict):
-        raise ConfigError(f"{path}: expected a mapping with 'method_params'")
-    mp = method_params(params, method, deep_merge(suite_override, body.get("method_params") or {}), where=f"{path}: method_params")
-    train_cfg = _validate(TrainConfig, deep_merge(train.model_dump(), body.get("train") or {}), "train", str(path))
-    return mp, train_cfg
-
-
-def params_hash(path: str | Path = DEFAULT_PARAMS) -> str:
-    """sha256 of the params file's bytes (provenance)."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()

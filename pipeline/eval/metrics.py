@@ -2,7 +2,7 @@
 
 Inputs
 ------
-* Codes are PACKED: uint8 arrays ``(items, K/8)`` as written by :func:`pipeline.codes.pack_codes`
+* Codes are PACKED: uint8 arrays ``(items, K/8)`` as written by :func:`pipeline.eval.codes.pack_codes`
   (``np.packbits`` of ``code >= 0``, faiss's binary layout). ``K`` is any multiple of 8.
 * Labels are either multi-hot ``(items, C)`` (bool, or integers/floats equal to 0 or 1) or 1-D integer
   class ids (single-label; equivalent to one-hot rows, which is how a 1-D array is treated when the
@@ -22,14 +22,14 @@ groups: a stable counting sort of the small-integer distances, O(N) per query (p
 then the ranks of the relevant items. With cut-offs only (no @all), only the items up to the distance
 where the largest cut-off falls are sorted.
 
-Compiled kernel: ``pipeline/_hamming_kernel.c`` (an optional extension built by ``setup.py``; loaded with
-ctypes by :mod:`pipeline.kernels`, runs without the GIL, so query blocks use all threads in every tie
+Compiled kernel: ``pipeline/eval/_hamming_kernel.c`` (an optional extension built by ``setup.py``; loaded with
+ctypes by :mod:`pipeline.eval.kernels`, runs without the GIL, so query blocks use all threads in every tie
 mode) does the same work with no sort at all: one pass per query builds the (distance, gain) histogram
 and, with one running counter per tie-rule key, gives every relevant item its rank within its key; the
 prefix sums of the histogram turn those into global ranks. It forms each precision with the same IEEE
 operations and leaves the sums to numpy, so both paths give bit-identical results (tested).
 ``HASHBENCH_METRICS_BACKEND=numpy|kernel`` forces a path; by default the kernel is used when it was
-built, else the numpy path below (the choice is logged once, logger ``pipeline.metrics``).
+built, else the numpy path below (the choice is logged once, logger ``pipeline.eval.metrics``).
 
 Tie rules (``ties=``) of every ranking metric
 ---------------------------------------------
@@ -95,7 +95,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pipeline.errors import HashBenchError
+from pipeline.core.errors import HashBenchError, MetricsError
+from pipeline.eval import kernels
 
 __all__ = [
     "AP_NORMS",
@@ -145,10 +146,6 @@ _TIES_TEXT = {
 }
 
 
-class MetricsError(HashBenchError):
-    """Invalid input to a retrieval metric or index: the message names the argument and what is allowed."""
-
-
 # --------------------------------------------------------------------------------------------------
 # input validation and preparation
 # --------------------------------------------------------------------------------------------------
@@ -161,7 +158,7 @@ def _packed_codes(codes, name: str) -> np.ndarray:
     if arr.dtype != np.uint8:
         hint = ""
         if arr.dtype in (np.int8, np.bool_) or np.issubdtype(arr.dtype, np.floating):
-            hint = " (unpacked or real-valued codes? pack them with pipeline.codes.pack_codes)"
+            hint = " (unpacked or real-valued codes? pack them with pipeline.eval.codes.pack_codes)"
         raise MetricsError(f"{name} must be packed uint8 codes (np.packbits layout), got dtype {arr.dtype}{hint}")
     if arr.shape[1] == 0:
         raise MetricsError(f"{name} has code length 0; the code length must be a positive multiple of 8 bits")
@@ -645,7 +642,7 @@ def _u64_rows(words: np.ndarray) -> np.ndarray:
 
 
 class _KernelRows:
-    """The compiled kernel (pipeline/_hamming_kernel.c) behind the numpy path's interface: same outputs,
+    """The compiled kernel (pipeline/eval/_hamming_kernel.c) behind the numpy path's interface: same outputs,
     bit for bit (the kernel forms every precision with the same IEEE operations; numpy does the sums).
 
     Index ties need no sort: pass 1 histograms (distance, gain) per query, the prefix sums give the
@@ -656,8 +653,6 @@ class _KernelRows:
 
     @classmethod
     def make(cls, prob: _Problem, spec: _Spec, out: _Output, n_gain: int):
-        from pipeline import kernels
-
         if kernels.backend() != "kernel":
             return None
         d1 = prob.nbits + 1

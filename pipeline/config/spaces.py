@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from pipeline.errors import ConfigError
+from methods.registry import available_methods, get_method_class
+from pipeline.config.model import TrainConfig
+from pipeline.core.errors import ConfigError
 
 DISTRIBUTIONS = ("loguniform", "uniform", "randint", "choice", "grid")
 
@@ -38,9 +40,7 @@ def check_distribution(where: str, dist: Any) -> tuple[str, list]:
     return kind, list(args)
 
 
-def _check_name(params, method: str, name: str, where: str) -> None:
-    from methods.registry import get_method_class
-    from pipeline.config import TrainConfig
+def check_name(params, method: str, name: str, where: str) -> None:
 
     if name.startswith("train."):
         model, parts = TrainConfig, name.split(".")[1:]
@@ -62,7 +62,6 @@ def _check_name(params, method: str, name: str, where: str) -> None:
 
 def check_spaces(params) -> None:
     """Every space names a known method and hyperparameter and a valid distribution."""
-    from methods.registry import available_methods
 
     src = params.source
     for method, space in params.tune.spaces.items():
@@ -70,7 +69,7 @@ def check_spaces(params) -> None:
             raise ConfigError(f"{src}: tune.spaces.{method}: unknown method {method!r}; available: {', '.join(available_methods())} (or a variant under methods:)")
         for name, dist in space.items():
             where = f"{src}: tune.spaces.{method}.{name}"
-            _check_name(params, method, name, where)
+            check_name(params, method, name, where)
             check_distribution(where, dist)
 
 

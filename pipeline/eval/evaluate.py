@@ -1,6 +1,6 @@
 """Evaluation of one trial's codes: every retrieval direction, every metric, and the binary index.
 
-The numbers come from :mod:`pipeline.metrics` (exact, tie-aware) and :mod:`pipeline.index` (faiss);
+The numbers come from :mod:`pipeline.eval.metrics` (exact, tie-aware) and :mod:`pipeline.eval.index` (faiss);
 this module only decides which codes are compared and flattens the results for logging.
 """
 
@@ -11,10 +11,10 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from pipeline.codes import pack_codes
+from pipeline.eval.codes import pack_codes
 from pipeline.config import ClassGroupsConfig, EvalConfig
-from pipeline.index import IndexStats, measure_index
-from pipeline.metrics import RetrievalMetrics, class_groups, class_groups_by_threshold, evaluate_retrieval, map_by_group
+from pipeline.eval.index import IndexStats, measure_index
+from pipeline.eval.metrics import RetrievalMetrics, class_groups, class_groups_by_threshold, evaluate_retrieval, map_by_group
 
 log = logging.getLogger(__name__)
 

@@ -4,16 +4,16 @@
     hashbench tune --method dcmh --dataset wikipedia --bits 16 --search random --num-samples 20
     hashbench tune --method csq --dataset wikipedia --bits 32 --sweep csq.lambda_q=0.001,0.01,0.1
 
-* Same trainer and evaluation as ``bench``: every trial calls :func:`pipeline.train_loop.run_trial`
+* Same trainer and evaluation as ``bench``: every trial calls :func:`pipeline.train.loop.run_trial`
   with ``validation`` set: a seeded validation split is carved from the *training* split
   (``tune.validation_fraction``; queries = held-out training items, database = training = the rest),
   so tuning never sees the protocol's query set used for reporting. The validation metric is
   reported every epoch; the ASHA scheduler (``tune.scheduler: asha``, the default) stops weak trials
   from it. With ``tune.executor: auto`` and 1 worker a trial runs the loop in its Tune trial process
-  (:func:`pipeline.runner._drive_in_process`: it holds the worker's CPUs/GPU, and a stopped trial
+  (:func:`pipeline.protocols.standard._drive_in_process`: it holds the worker's CPUs/GPU, and a stopped trial
   frees them when Tune ends it); otherwise it is bench's Ray Train ``TorchTrainer``
-  (:func:`pipeline.runner._drive`), and a stopped trial's worker group is released by
-  :func:`pipeline.runner.worker_group_releaser` (Ray's own cleaner needs the dashboard; see there).
+  (:func:`pipeline.protocols.standard._drive`), and a stopped trial's worker group is released by
+  :func:`pipeline.protocols.standard.worker_group_releaser` (Ray's own cleaner needs the dashboard; see there).
 * Default: the first trial is params.yaml's configuration (``tune.evaluate_default``, when it lies in
   the space), so the sensitivity section compares best and default on the same validation split.
 * MLflow: experiment ``<prefix>/tune/<dataset>/<method>-<bits>``; one parent run per search, every
@@ -39,12 +39,14 @@ from typing import Any
 
 import yaml
 
-from pipeline import runner, tracking
-from pipeline.config import EvalConfig, Params, TrialSpec, deep_merge, method_block, method_params, params_hash, tuned_file, _validate
+from pipeline.protocols import standard as runner
+
+from pipeline.train import tracking
+from pipeline.config import EvalConfig, Params, TrialSpec, deep_merge, method_block, method_params, params_hash, tuned_file, validate_model
 from pipeline.data.formats import PreparedDataset
-from pipeline.errors import ConfigError, TrainingError
-from pipeline.paths import ProjectPaths
-from pipeline.tune_space import check_distribution, parse_sweep, split_sample, to_ray
+from pipeline.core.errors import ConfigError, TrainingError
+from pipeline.core.paths import ProjectPaths
+from pipeline.config.spaces import check_distribution, parse_sweep, split_sample, to_ray
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +70,7 @@ class TuneSummary:
 
 def default_metric(method: str, params: Params | None = None) -> str:
     from methods.registry import get_method_class
-    from pipeline.evaluate import direction_name, retrieval_directions
+    from pipeline.eval.evaluate import direction_name, retrieval_directions
 
     impl = params.implementation(method) if params is not None else method
     q, d = retrieval_directions(get_method_class(impl).modalities)[0]
@@ -103,7 +105,7 @@ def base_spec(params: Params, method: str, dataset: str, bits: int, seed: int, e
         seed=seed,
         method_params=method_params(params, method, {}),
         dataset_params=params.dataset_params(dataset).model_dump(mode="json"),
-        train=_validate(type(params.train), train, "train", params.source),
+        train=validate_model(type(params.train), train, "train", params.source),
         eval=eval_cfg,
     )
 
@@ -213,11 +215,11 @@ def run_tune(
         if not space:
             raise ConfigError(f"{params.source}: tune.spaces.{method}: no search space for method {method!r}; declare e.g. tune.spaces.{method}.<param>: {{loguniform: [1e-4, 1e-1]}}")
         name = f"tune-{dataset}-{method}-{bits}b"
-    from pipeline.tune_space import _check_name
+    from pipeline.config.spaces import check_name
 
     for pname, dist in space.items():
         where = f"{params.source}: tune.spaces.{method}.{pname}"
-        _check_name(params, method, pname, where)
+        check_name(params, method, pname, where)
         check_distribution(where, dist)
 
     base = base_spec(params, method, dataset, bits, cfg.seed, epochs, name)

@@ -7,7 +7,7 @@ Flow of one suite:
    run again, and a changed hyperparameter changes the key of that method's trials only);
 3. run the rest as one Ray Tune grid. Each Tune trial (the *driver*) creates the MLflow run, starts a
    ``TorchTrainer`` with the ``ScalingConfig`` from ``resources``, whose workers run
-   :func:`pipeline.train_loop.run_trial` and log per-epoch losses and the final metrics to that run;
+   :func:`pipeline.train.loop.run_trial` and log per-epoch losses and the final metrics to that run;
    the driver then logs the artifacts, the per-trial overhead of Ray + MLflow, and marks the run
    FINISHED. A failing trial is marked FAILED with its error and the others go on;
 4. write ``results/bench/<profile>/<suite>.json`` (the DVC output): every trial key with its run id.
@@ -26,11 +26,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline import tracking
+from pipeline.train import tracking
 from pipeline.config import Params, TrialSpec, expand_suite, params_hash
 from pipeline.data.formats import PreparedDataset
-from pipeline.errors import HashBenchError, TrainingError
-from pipeline.paths import ProjectPaths
+from pipeline.core.errors import HashBenchError, TrainingError
+from pipeline.core.paths import ProjectPaths
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ def _worker_loop(config: dict) -> None:
     import ray.train
     import torch
 
-    from pipeline.train_loop import run_trial
+    from pipeline.train.loop import run_trial
 
     spec = TrialSpec.model_validate(config["spec"])
     ctx = ray.train.get_context()
@@ -277,7 +277,7 @@ def _drive_in_process(spec_json: dict, settings: dict, extra_tags: dict[str, str
     import torch
     from ray import tune
 
-    from pipeline.train_loop import run_trial
+    from pipeline.train.loop import run_trial
 
     t0 = time.perf_counter()
     spec = TrialSpec.model_validate(spec_json)
@@ -412,8 +412,8 @@ def run_bench(params: Params, suite_name: str, paths: ProjectPaths, *, params_fi
             "prepared_dir": str(prepared_dir),
             "provenance": tracking.provenance_tags(paths, params_file, params_hash(params_file), dataset.manifest_sha256),
         }
-        if suite.incremental is not None:  # timed protocol: trial by trial, see pipeline/incremental_bench.py
-            from pipeline.incremental_bench import run_incremental_trials
+        if suite.incremental is not None:  # timed protocol: trial by trial, see pipeline/protocols/incremental_bench.py
+            from pipeline.protocols.incremental_bench import run_incremental_trials
 
             errors = run_incremental_trials(pending, common)
         else:

@@ -19,3 +19,7 @@ class MethodError(HashBenchError):
 
 class TrainingError(HashBenchError):
     """A trial failed during training (for example a non-finite loss)."""
+
+
+class MetricsError(HashBenchError):
+    """Invalid input to a retrieval metric or index: the message names the argument and what is allowed."""

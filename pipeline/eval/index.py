@@ -11,7 +11,7 @@ Kinds (``INDEX_KINDS``):
 * ``"multihash"``: ``faiss.IndexBinaryMultiHash``: ``nhash`` tables keyed on disjoint ``b``-bit
   substrings, each probed within ``nflip`` flips (multi-index hashing, Norouzi et al. 2012).
 
-Codes are packed uint8 ``(N, K/8)`` (``pipeline.codes.pack_codes``). Search returns faiss's
+Codes are packed uint8 ``(N, K/8)`` (``pipeline.eval.codes.pack_codes``). Search returns faiss's
 ``(distances int32, ids int64)``; an approximate index that finds fewer than ``k`` candidates pads
 with id ``-1`` and distance ``2**31 - 1`` (faiss's convention).
 
@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pipeline.errors import HashBenchError
+from pipeline.core.errors import HashBenchError
 
 try:  # faiss is a project dependency; keep the import error readable if it is missing
     import faiss
@@ -101,7 +101,7 @@ def _packed(codes, name: str, code_size: int | None = None) -> np.ndarray:
     if arr.ndim != 2:
         raise BinaryIndexError(f"{name} must be packed codes of shape (items, bits/8), got shape {arr.shape}")
     if arr.dtype != np.uint8:
-        raise BinaryIndexError(f"{name} must be packed uint8 codes (pipeline.codes.pack_codes), got dtype {arr.dtype}")
+        raise BinaryIndexError(f"{name} must be packed uint8 codes (pipeline.eval.codes.pack_codes), got dtype {arr.dtype}")
     if arr.shape[1] == 0:
         raise BinaryIndexError(f"{name} has code length 0; the code length must be a positive multiple of 8 bits")
     if arr.shape[0] == 0:

@@ -4,7 +4,7 @@
 
 1. **original step**: the method trained from scratch on the training items of the original classes
    (:mod:`pipeline.data.incremental` gives the split), with the shared epoch loop
-   (:func:`pipeline.train_loop.fit`); then the database items of the original classes are encoded once
+   (:func:`pipeline.train.loop.fit`); then the database items of the original classes are encoded once
    and those codes are frozen (they are never recomputed);
 2. **incremental step**: ``method.on_increment_start(old, new)`` (the hook of :mod:`methods.base`), then
    the same loop over the new classes' training items (followed by the original items the method asks
@@ -42,9 +42,9 @@ from pipeline.config import TrialSpec
 from pipeline.data.formats import PreparedDataset
 from pipeline.data.incremental import IncrementalSplit, incremental_split, split_classes
 from pipeline.data.loaders import PartView
-from pipeline.errors import MethodError
-from pipeline.evaluate import evaluate_codes, retrieval_directions
-from pipeline.train_loop import TrialObserver, fit, make_train_data, resolve_device, seed_everything
+from pipeline.core.errors import MethodError
+from pipeline.eval.evaluate import evaluate_codes, retrieval_directions
+from pipeline.train.loop import TrialObserver, fit, make_train_data, resolve_device, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -243,7 +243,7 @@ def incremental_spec(
     the global ``train`` settings (with the method's ``train`` block and ``epochs``), the global ``eval``."""
     from pipeline.config import TrainConfig, deep_merge, method_block, method_params
     from pipeline.data.registry import get_dataset
-    from pipeline.errors import ConfigError
+    from pipeline.core.errors import ConfigError
 
     if dataset not in params.datasets:
         raise ConfigError(f"{params.source}: dataset {dataset!r} is not configured under 'datasets'; configured: {', '.join(params.datasets)}")

@@ -1,4 +1,4 @@
-"""Loader of the optional compiled kernel of :mod:`pipeline.metrics` (``pipeline/_hamming_kernel.c``).
+"""Loader of the optional compiled kernel of :mod:`pipeline.eval.metrics` (``pipeline/eval/_hamming_kernel.c``).
 
 The C file is built as an optional extension at install time (``setup.py``; or in place with
 ``python setup.py build_ext --inplace``) and called through ctypes, which releases the GIL during each
@@ -15,7 +15,9 @@ import importlib.util
 import logging
 import os
 
-log = logging.getLogger("pipeline.metrics")
+from pipeline.core.errors import MetricsError
+
+log = logging.getLogger("pipeline.eval.metrics")
 
 BACKENDS = ("auto", "numpy", "kernel")
 ENV_VAR = "HASHBENCH_METRICS_BACKEND"
@@ -29,7 +31,7 @@ _INT = ctypes.c_int
 def load_kernel():
     """The ctypes library, or None when the extension was not built or does not load."""
     try:
-        spec = importlib.util.find_spec("pipeline._hamming_kernel")
+        spec = importlib.util.find_spec("pipeline.eval._hamming_kernel")
     except (ImportError, ValueError):  # pragma: no cover
         spec = None
     if spec is None or not spec.origin or not os.path.exists(spec.origin):
@@ -51,18 +53,14 @@ def backend() -> str:
     """The backend in use ("kernel" or "numpy") from ``HASHBENCH_METRICS_BACKEND`` and availability."""
     want = os.environ.get(ENV_VAR, "auto").strip().lower() or "auto"
     if want not in BACKENDS:
-        from pipeline.metrics import MetricsError
-
         raise MetricsError(f"{ENV_VAR}={want!r} is not one of {', '.join(BACKENDS)}")
     if want == "numpy":
         chosen = "numpy"
     elif load_kernel() is not None:
         chosen = "kernel"
     elif want == "kernel":
-        from pipeline.metrics import MetricsError
-
         raise MetricsError(
-            f"{ENV_VAR}=kernel but the compiled kernel pipeline._hamming_kernel is not built "
+            f"{ENV_VAR}=kernel but the compiled kernel pipeline.eval._hamming_kernel is not built "
             "(reinstall with a C compiler, or run `python setup.py build_ext --inplace`)"
         )
     else:
@@ -74,7 +72,7 @@ def backend() -> str:
 @functools.lru_cache(maxsize=None)
 def _log_choice(chosen: str, want: str) -> None:
     if chosen == "kernel":
-        log.info("retrieval metrics: compiled kernel (pipeline._hamming_kernel) [%s=%s]", ENV_VAR, want)
+        log.info("retrieval metrics: compiled kernel (pipeline.eval._hamming_kernel) [%s=%s]", ENV_VAR, want)
     else:
         why = "forced" if want == "numpy" else "compiled kernel not built"
         log.info("retrieval metrics: numpy path (%s) [%s=%s]", why, ENV_VAR, want)

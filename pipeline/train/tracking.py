@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from pipeline.config import TrackingConfig, TrialSpec
-from pipeline.paths import ProjectPaths
+from pipeline.core.paths import ProjectPaths
 
 log = logging.getLogger(__name__)
 
@@ -190,19 +190,19 @@ def log_metrics(uri: str, run_id: str, metrics: Mapping[str, float], step: int |
     import mlflow.entities
 
     ts = int(time.time() * 1000)
-    items = [mlflow.entities.Metric(_metric_name(k), float(v), ts, step or 0) for k, v in metrics.items()]
+    items = [mlflow.entities.Metric(metric_name(k), float(v), ts, step or 0) for k, v in metrics.items()]
     c = client(uri)
     for i in range(0, len(items), 500):
         c.log_batch(run_id, metrics=items[i : i + 500])
 
 
-def _metric_name(name: str) -> str:
+def metric_name(name: str) -> str:
     """MLflow-safe metric name: MLflow does not allow '@', so ``map@100`` is logged as ``map_at_100``."""
     return name.replace("@", "_at_")
 
 
 def metric_name_from_mlflow(name: str) -> str:
-    """Inverse of :func:`_metric_name` for the cut-off names it produces (``_at_`` before a number or ``all``)."""
+    """Inverse of :func:`metric_name` for the cut-off names it produces (``_at_`` before a number or ``all``)."""
     return re.sub(r"_at_(?=(?:\d+|all|r\d+)(?:/|$))", "@", name)
 
 

@@ -1,6 +1,6 @@
 """``bench`` for a suite with an ``incremental:`` block: the incremental-class protocol, trial by trial.
 
-Each trial (method x bits x seed x new-class count) is one :func:`pipeline.incremental.run_incremental`:
+Each trial (method x bits x seed x new-class count) is one :func:`pipeline.protocols.incremental.run_incremental`:
 original step, incremental step with the original codes fixed, full retraining, each timed. The trials
 run one after another in the bench process, not as a Ray Tune grid: the protocol's figure of merit is
 the training time of the incremental step against full retraining (ADIH's Table 6), and concurrent
@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipeline import tracking
+from pipeline.train import tracking
 from pipeline.config import TrialSpec
 
 log = logging.getLogger(__name__)
@@ -39,10 +39,10 @@ def incremental_metrics(outcome) -> dict[str, float]:
 
 
 def run_incremental_trials(pending: list[TrialSpec], common: dict[str, Any]) -> dict[str, str | None]:
-    """Run every pending trial; returns ``{key: error or None}`` like the Ray grid of :mod:`pipeline.runner`."""
+    """Run every pending trial; returns ``{key: error or None}`` like the Ray grid of :mod:`pipeline.protocols.standard`."""
     from tqdm import tqdm
 
-    from pipeline.incremental import run_incremental
+    from pipeline.protocols.incremental import run_incremental
 
     uri, exp_id = common["tracking_uri"], common["experiment_id"]
     errors: dict[str, str | None] = {}

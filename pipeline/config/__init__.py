@@ -1,0 +1,31 @@
+"""Typed configuration: params.yaml validated once into pydantic models, and the resolution of trials.
+
+``model`` holds the models (and :class:`TrialSpec`), ``spaces`` the tune search spaces, ``trials`` the
+resolution of a suite / search / incremental trial into :class:`TrialSpec`, ``loading`` the reading and
+cross-checking of params.yaml. Everything public is re-exported here.
+"""
+
+from pipeline.config.model import (
+    DEFAULT_PARAMS,
+    ClassGroupsConfig,
+    EvalConfig,
+    IncrementalSuiteConfig,
+    IncrementalTrial,
+    IndexConfig,
+    OptimizerConfig,
+    Params,
+    ProfileConfig,
+    ResourcesConfig,
+    SuiteConfig,
+    TrackingConfig,
+    TrainConfig,
+    TrialSpec,
+    TuneSettings,
+    deep_merge,
+    format_errors,
+    validate_model,
+)
+from pipeline.config.trials import apply_tuned, expand_suite, method_block, method_params, trial_train, tuned_file
+from pipeline.config.loading import check_params, load_params, params_hash
+
+__all__ = [n for n in dir() if not n.startswith("_")]

@@ -1,0 +1,109 @@
+"""Loading params.yaml: read, merge overrides, validate into :class:`~pipeline.config.model.Params`, cross-check names."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from methods.registry import available_methods, get_method_class
+from pipeline.config.model import DEFAULT_PARAMS, EvalConfig, Params, deep_merge, validate_model
+from pipeline.config.spaces import check_spaces
+from pipeline.config.trials import method_params, trial_train
+from pipeline.core.errors import ConfigError
+from pipeline.data.registry import available_datasets, get_dataset
+
+
+def load_params(path: str | Path = DEFAULT_PARAMS, overrides: Mapping[str, Any] | None = None) -> Params:
+    """Read, merge ``overrides`` into, and validate a params file; cross-check names against the registries."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: params file not found (run from the project root or pass --params)") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
+    if overrides:
+        raw = deep_merge(raw, overrides)
+    raw = {**raw, "source": str(path)}
+    params = validate_model(Params, raw, "", str(path))
+    check_params(params)
+    return params
+
+
+def check_params(params: Params) -> None:
+    """Cross-field checks: every name refers to something registered and compatible."""
+
+    src = params.source
+    known_methods = available_methods()
+    known_datasets = available_datasets()
+    for name in params.datasets:
+        if name not in known_datasets:
+            raise ConfigError(f"{src}: datasets.{name}: unknown dataset {name!r}; available: {', '.join(known_datasets)}")
+        params.dataset_params(name)
+    for name, block in params.methods.items():
+        if block is not None and not isinstance(block, Mapping):
+            raise ConfigError(f"{src}: methods.{name}: expected a mapping of hyperparameters, got {block!r}")
+        impl = (block or {}).get("method")
+        if impl is None:
+            if name not in known_methods:
+                raise ConfigError(
+                    f"{src}: methods.{name}: unknown method {name!r}; available: {', '.join(known_methods)} "
+                    f"(a variant needs 'method: <one of these>')"
+                )
+        elif not isinstance(impl, str) or impl not in known_methods:
+            raise ConfigError(f"{src}: methods.{name}.method: {impl!r} is not a registered method; available: {', '.join(known_methods)}")
+        elif name in known_methods and impl != name:
+            raise ConfigError(f"{src}: methods.{name}.method: {name!r} is a registered method and cannot be a variant of {impl!r}; pick another name")
+        elif impl != name and "method" in (params.methods.get(impl) or {}):
+            raise ConfigError(f"{src}: methods.{name}.method: {impl!r} is itself a variant; a variant's 'method' must name a registered method")
+        method_params(params, name, {})
+    for sname, suite in params.suites.items():
+        where = f"{src}: suites.{sname}"
+        if suite.dataset not in params.datasets:
+            raise ConfigError(f"{where}.dataset: {suite.dataset!r} is not configured under 'datasets'; configured: {', '.join(params.datasets)}")
+        if suite.profile not in params.profiles:
+            raise ConfigError(f"{where}.profile: unknown profile {suite.profile!r}; defined profiles: {', '.join(params.profiles)}")
+        spec = get_dataset(suite.dataset)
+        protocol = suite.protocol or spec.default_protocol
+        if protocol not in spec.protocols:
+            raise ConfigError(f"{where}.protocol: dataset {suite.dataset!r} has no protocol {protocol!r}; available: {', '.join(spec.protocols)}")
+        variants = [n for n, b in params.methods.items() if (b or {}).get("method") not in (None, n)]
+        for i, m in enumerate(suite.methods):
+            if m not in known_methods and m not in variants:
+                raise ConfigError(
+                    f"{where}.methods[{i}]: unknown method {m!r}; available: {', '.join(known_methods)}"
+                    + (f"; variants: {', '.join(variants)}" if variants else "")
+                )
+            cls = get_method_class(params.implementation(m))
+            if suite.incremental is not None and not getattr(cls, "supports_incremental", False):
+                raise ConfigError(
+                    f"{where}.methods[{i}]: method {m!r} does not support the incremental-class protocol of this suite "
+                    f"(suites.{sname}.incremental); methods that do: "
+                    + ", ".join(n for n in known_methods if getattr(get_method_class(n), "supports_incremental", False))
+                )
+            missing = [mod for mod in cls.modalities if mod not in spec.modalities]
+            if missing:
+                raise ConfigError(
+                    f"{where}.methods[{i}]: method {m!r} needs modalities {list(cls.modalities)}, dataset {suite.dataset!r} has {list(spec.modalities)}"
+                )
+        for m in suite.method_params:
+            if m not in suite.methods:
+                raise ConfigError(f"{where}.method_params.{m}: method {m!r} is not in this suite's methods {suite.methods}")
+        for m in suite.methods:
+            trial_train(params, sname, m)
+            method_params(params, m, suite.method_params.get(m, {}), where=f"suites.{sname}.method_params.{m}")
+        validate_model(EvalConfig, deep_merge(params.eval.model_dump(), suite.eval), f"suites.{sname}.eval", src)
+
+    check_spaces(params)
+
+
+
+def params_hash(path: str | Path = DEFAULT_PARAMS) -> str:
+    """sha256 of the params file's bytes (provenance)."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
