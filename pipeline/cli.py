@@ -81,7 +81,7 @@ def cmd_bench(args) -> int:
 
         raise ConfigError("pass --suite NAME (repeatable) or --profile NAME")
     for suite in suites:
-        summary = run_bench(params, suite, paths, params_file=Path(args.params), dry_run=args.dry_run)
+        summary = run_bench(params, suite, paths, params_file=Path(args.params), dry_run=args.dry_run, verbose=args.verbose)
         print(f"suite {suite}: {len(summary.trials)} trials, {summary.skipped} already finished, {summary.ran} run now, {summary.wall_seconds:.1f} s")
         if args.dry_run:
             for key, t in summary.trials.items():
@@ -260,6 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if not args.verbose:  # libraries' start-up chatter (faiss's loader, MLflow's schema checks, Ray)
+        for name in ("faiss", "faiss.loader", "mlflow", "alembic", "ray"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     try:
         return args.func(args)
     except HashBenchError as exc:

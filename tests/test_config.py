@@ -141,14 +141,20 @@ def test_variant_with_equal_parameters_is_a_distinct_trial(tmp_path, repo_params
     assert t["crh"].resolved_hash() != t["crh-u"].resolved_hash()
 
 
-def test_plain_method_hash_ignores_the_variant_and_incremental_fields(tmp_path, repo_params):
+def test_training_key_is_versioned_and_ignores_suite_and_eval(tmp_path, repo_params):
+    from pipeline.config import KEY_VERSION, canonical_hash
+
     params = load_params(write_params(tmp_path, repo_params))
     t = expand_suite(params, "demo-digits")[0]
-    payload = t.model_dump(mode="json", exclude={"suite", "variant", "incremental"})
-    import hashlib
-    import json
-
-    assert t.resolved_hash() == hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    payload = {"key_version": KEY_VERSION, **t.model_dump(mode="json", exclude={"suite", "eval"})}
+    assert t.resolved_hash() == canonical_hash(payload)
+    # another suite name or other evaluation settings: same training key, other evaluation key
+    other = t.model_copy(update={"suite": "elsewhere", "eval": t.eval.model_copy(update={"topk": [5000], "ties": "index"})})
+    assert other.key() == t.key() and other.eval_key() != t.eval_key()
+    # the prepared data and the code are part of it
+    assert t.model_copy(update={"data_sha256": "f" * 64}).key() != t.key()
+    assert t.model_copy(update={"code_sha256": "0" * 64}).key() != t.key()
+    assert len(t.code_sha256) == 64
 
 
 def test_variant_errors_name_the_key(tmp_path, repo_params):

@@ -212,9 +212,9 @@ def test_release_worker_group_removes_a_leftover_placement_group(tmp_path):
     import ray
     from ray.util.placement_group import placement_group, placement_group_table
 
-    from pipeline.protocols import standard as runner
+    from pipeline.protocols import launch as runner
 
-    runner._init_ray(None)
+    runner.init_ray(None)
     pg = placement_group([{"CPU": 1}])
     ray.get(pg.ready(), timeout=60)
     (tmp_path / "trial_1").write_text(pg.id.hex())

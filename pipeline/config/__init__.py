@@ -19,13 +19,15 @@ from pipeline.config.model import (
     SuiteConfig,
     TrackingConfig,
     TrainConfig,
+    KEY_VERSION,
     TrialSpec,
+    canonical_hash,
     TuneSettings,
     deep_merge,
     format_errors,
     validate_model,
 )
-from pipeline.config.trials import apply_tuned, expand_suite, method_block, method_params, trial_train, tuned_file
+from pipeline.config.trials import TrialRequest, apply_tuned, expand_suite, resolve_trial, suite_requests, method_block, method_params, trial_train, tuned_file
 from pipeline.config.loading import check_params, load_params, params_hash
 
 __all__ = [n for n in dir() if not n.startswith("_")]

@@ -117,16 +117,6 @@ class EvalConfig(_Strict):
     index: IndexConfig = IndexConfig()
     class_groups: ClassGroupsConfig = ClassGroupsConfig()
 
-    from pydantic import model_serializer as _model_serializer  # (local: keeps this edit inside EvalConfig)
-
-    @_model_serializer(mode="wrap")
-    def _without_default_groups(self, handler):
-        """Leave ``class_groups`` out of dumps while it is off, so trial hashes of existing suites do not change."""
-        data = handler(self)
-        if isinstance(data, dict) and self.class_groups.by == "none":
-            data.pop("class_groups", None)
-        return data
-
     @field_validator("topk")
     @classmethod
     def _topk(cls, v: list[int]) -> list[int]:
@@ -227,7 +217,7 @@ class IncrementalTrial(_Strict):
 
 class SuiteConfig(_Strict):
     """One benchmark unit: a dataset x methods x code lengths x seeds, run as one Ray Tune grid (an
-    ``incremental`` suite: x new-class counts, run trial by trial, see pipeline/protocols/incremental_bench.py)."""
+    ``incremental`` suite: x new-class counts, run trial by trial, see pipeline/protocols/incremental.py)."""
 
     dataset: str
     profile: str
@@ -288,8 +278,28 @@ class Params(_Strict):
         return [n for n, s in self.suites.items() if s.profile == profile]
 
 
+KEY_VERSION = 2
+"""Version of the trial-key scheme; bumped whenever what enters the key changes (runs of another
+version are never taken as finished). 1: the resolved spec including eval settings (until 2026-12);
+2: training payload only (no eval, no suite), plus prepared-data manifest hash and code hash."""
+
+
+def canonical_hash(payload: Any) -> str:
+    """sha256 of the canonical JSON of ``payload`` (sorted keys, no whitespace)."""
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str).encode()).hexdigest()
+
+
 class TrialSpec(_Strict):
-    """Everything one trial needs, fully resolved. Its :meth:`key` identifies the trial for resume."""
+    """Everything one trial needs, fully resolved.
+
+    Two keys identify it: the *training key* (:meth:`key`: what was trained, so a finished run is
+    never trained again) hashes everything that changes training — method, variant name, parameters,
+    dataset parameters, training settings, bits, seed, incremental settings, the prepared data's
+    manifest hash and the hash of the code that trains it — and :data:`KEY_VERSION`; the suite name and
+    the evaluation settings are not part of it. The *evaluation key* (:meth:`eval_key`) hashes the
+    evaluation settings, so a change of cut-offs or tie rule re-evaluates stored codes instead of
+    retraining.
+    """
 
     suite: str
     dataset: str
@@ -303,23 +313,28 @@ class TrialSpec(_Strict):
     dataset_params: dict[str, Any]
     train: TrainConfig
     eval: EvalConfig
+    data_sha256: str = Field("", description="manifest hash of the prepared dataset (set by the launcher from data/prepared)")
+    code_sha256: str = Field("", description="hash of the code that trains this method (pipeline.config.codehash)")
 
     @property
     def name(self) -> str:
         """The method name runs and reports show: the variant's name, else the method's."""
         return self.variant or self.method
 
+    def training_payload(self) -> dict[str, Any]:
+        """What the training key hashes (see the class docstring)."""
+        return {"key_version": KEY_VERSION, **self.model_dump(mode="json", exclude={"suite", "eval"})}
+
     def resolved_hash(self) -> str:
-        """sha256 over everything that changes the trial's result (not the suite name). The variant
-        name counts (two variants with equal parameters are two trials); without one the hash is the
-        one a plain method always had."""
-        exclude = {"suite"} | {k for k in ("variant", "incremental") if getattr(self, k) is None}
-        payload = self.model_dump(mode="json", exclude=exclude)
-        blob = json.dumps(payload, sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(blob.encode()).hexdigest()
+        """sha256 of :meth:`training_payload`."""
+        return canonical_hash(self.training_payload())
+
+    def eval_key(self) -> str:
+        """sha256 of the evaluation settings (the evaluate stage keys stored metrics by it)."""
+        return canonical_hash(self.eval.model_dump(mode="json"))
 
     def key(self) -> str:
-        """Human-readable resume key: dataset/method/bits/seed plus the hash of the resolved params."""
+        """Human-readable training key: dataset/method/bits/seed plus the training hash."""
         inc = f"new{self.incremental.new_classes}/" if self.incremental else ""
         return f"{self.dataset}/{self.name}/{self.bits}b/s{self.seed}/{inc}{self.resolved_hash()[:12]}"
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 import yaml
 
 from methods.registry import get_method_class
+from pipeline.config.codehash import code_hash
 from pipeline.config.model import EvalConfig, IncrementalTrial, Params, TrainConfig, TrialSpec, deep_merge, validate_model
 from pipeline.core.errors import ConfigError
 from pipeline.data.registry import get_dataset
@@ -43,42 +45,100 @@ def trial_train(params: Params, suite: str, method: str) -> TrainConfig:
     return validate_model(TrainConfig, merged, f"suites.{suite}.train (with methods.{method}.train)", params.source)
 
 
-def expand_suite(params: Params, suite_name: str) -> list[TrialSpec]:
-    """The trial grid of a suite: methods x bits x seeds, each fully resolved."""
+@dataclass(frozen=True)
+class TrialRequest:
+    """What a launcher asks for; :func:`resolve_trial` turns it into a :class:`TrialSpec`.
 
+    ``train_override`` and ``method_override`` are layered over the global ``train`` and the method's
+    (or variant's) block; ``eval_override`` over the global ``eval``; ``tuned`` takes the method
+    parameters (and searched train settings) from ``tuned/<dataset>/<method>-<bits>.yaml``.
+    ``where`` names the origin in error messages (``suites.demo-digits``, ``--method``)."""
+
+    label: str
+    dataset: str
+    method: str
+    bits: int
+    seed: int
+    protocol: str | None = None
+    train_override: Mapping[str, Any] = field(default_factory=dict)
+    method_override: Mapping[str, Any] = field(default_factory=dict)
+    eval_override: Mapping[str, Any] = field(default_factory=dict)
+    tuned: bool = False
+    incremental: IncrementalTrial | None = None
+    where: str = ""
+
+
+def resolve_trial(params: Params, req: TrialRequest) -> TrialSpec:
+    """The one resolution of a trial (bench suites, tune searches and incremental trials all use it)."""
+    src, where = params.source, req.where or req.label
+    if req.dataset not in params.datasets:
+        raise ConfigError(f"{src}: {where}: dataset {req.dataset!r} is not configured under 'datasets'; configured: {', '.join(params.datasets)}")
+    if not isinstance(req.bits, int) or req.bits <= 0 or req.bits % 8:
+        raise ConfigError(f"{src}: {where}: bits {req.bits!r} is not a positive multiple of 8")
+    ds = get_dataset(req.dataset)
+    impl = params.implementation(req.method)
+    cls = get_method_class(impl)
+    missing = [m for m in cls.modalities if m not in ds.modalities]
+    if missing:
+        raise ConfigError(f"{src}: {where}: method {req.method!r} needs modalities {list(cls.modalities)}, dataset {req.dataset!r} has {list(ds.modalities)}")
+    protocol = req.protocol or ds.default_protocol
+    if protocol not in ds.protocols:
+        raise ConfigError(f"{src}: {where}: dataset {req.dataset!r} has no protocol {protocol!r}; available: {', '.join(ds.protocols)}")
+    merged = deep_merge(params.train.model_dump(), method_block(params, req.method).get("train") or {})
+    train = validate_model(TrainConfig, deep_merge(merged, req.train_override), f"{where}.train (with methods.{req.method}.train)", src)
+    if req.tuned:
+        mp, train = apply_tuned(params, req.dataset, req.method, req.bits, req.method_override, train)
+    else:
+        mp = method_params(params, req.method, req.method_override, where=f"{where}.method_params.{req.method}" if req.method_override else None)
+    eval_cfg = validate_model(EvalConfig, deep_merge(params.eval.model_dump(), req.eval_override), f"{where}.eval", src)
+    return TrialSpec(
+        suite=req.label,
+        dataset=req.dataset,
+        protocol=protocol,
+        method=impl,
+        variant=req.method if impl != req.method else None,
+        incremental=req.incremental,
+        bits=req.bits,
+        seed=req.seed,
+        method_params=mp,
+        dataset_params=params.dataset_params(req.dataset).model_dump(mode="json"),
+        train=train,
+        eval=eval_cfg,
+        code_sha256=code_hash(impl),
+    )
+
+
+def suite_requests(params: Params, suite_name: str) -> list[TrialRequest]:
+    """A suite's grid: methods x bits x seeds (x new-class counts of an incremental suite)."""
     suite = params.suite(suite_name)
-    spec = get_dataset(suite.dataset)
-    protocol = suite.protocol or spec.default_protocol
-    ds_params = params.dataset_params(suite.dataset).model_dump(mode="json")
-    eval_cfg = validate_model(EvalConfig, deep_merge(params.eval.model_dump(), suite.eval), f"suites.{suite_name}.eval", params.source)
-    trials = []
-    for method in suite.methods:
-        mp = method_params(params, method, suite.method_params.get(method, {}))
-        train = trial_train(params, suite_name, method)
-        for bits in suite.bits:
-            if suite.tuned:
-                mp, train = apply_tuned(params, suite.dataset, method, bits, suite.method_params.get(method, {}), trial_train(params, suite_name, method))
-            incs = [None] if suite.incremental is None else [
-                IncrementalTrial(new_classes=n, **suite.incremental.model_dump(exclude={"new_classes"})) for n in suite.incremental.new_classes
-            ]
-            for seed, inc in ((s, i) for s in suite.seeds for i in incs):
-                trials.append(
-                    TrialSpec(
-                        suite=suite_name,
-                        dataset=suite.dataset,
-                        protocol=protocol,
-                        method=params.implementation(method),
-                        variant=method if params.implementation(method) != method else None,
-                        incremental=inc,
-                        bits=bits,
-                        seed=seed,
-                        method_params=mp,
-                        dataset_params=ds_params,
-                        train=train,
-                        eval=eval_cfg,
-                    )
-                )
-    return trials
+    incs = [None] if suite.incremental is None else [
+        IncrementalTrial(new_classes=n, **suite.incremental.model_dump(exclude={"new_classes"})) for n in suite.incremental.new_classes
+    ]
+    return [
+        TrialRequest(
+            label=suite_name,
+            dataset=suite.dataset,
+            method=method,
+            bits=bits,
+            seed=seed,
+            protocol=suite.protocol,
+            train_override=suite.train,
+            method_override=suite.method_params.get(method, {}),
+            eval_override=suite.eval,
+            tuned=suite.tuned,
+            incremental=inc,
+            where=f"suites.{suite_name}",
+        )
+        for method in suite.methods
+        for bits in suite.bits
+        for seed in suite.seeds
+        for inc in incs
+    ]
+
+
+def expand_suite(params: Params, suite_name: str) -> list[TrialSpec]:
+    """The trial grid of a suite, each trial fully resolved."""
+    return [resolve_trial(params, r) for r in suite_requests(params, suite_name)]
 
 
 def tuned_file(params: Params, dataset: str, method: str, bits: int) -> Path:

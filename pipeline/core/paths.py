@@ -39,3 +39,13 @@ class ProjectPaths:
     @property
     def mlflow_db(self) -> Path:
         return self.root / "mlruns.db"
+
+    @property
+    def logs(self) -> Path:
+        """Log files of launches (Ray's driver-side messages): ``.hashbench/logs``."""
+        return self.root / ".hashbench" / "logs"
+
+    @property
+    def locks(self) -> Path:
+        """Per-suite lock files: ``.hashbench/locks``."""
+        return self.root / ".hashbench" / "locks"

@@ -29,21 +29,26 @@ the full retraining's.
 
 from __future__ import annotations
 
+import json
 import logging
+import sys
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from methods.registry import create_method, get_method_class
-from pipeline.config import TrialSpec
+from pipeline.config import TrialRequest, TrialSpec, resolve_trial
 from pipeline.data.formats import PreparedDataset
 from pipeline.data.incremental import IncrementalSplit, incremental_split, split_classes
 from pipeline.data.loaders import PartView
 from pipeline.core.errors import MethodError
 from pipeline.eval.evaluate import evaluate_codes, retrieval_directions
+from pipeline.train.executor import BodyResult, TrialContext, execute_trial
 from pipeline.train.loop import TrialObserver, fit, make_train_data, resolve_device, seed_everything
 
 log = logging.getLogger(__name__)
@@ -63,6 +68,7 @@ class IncrementalOutcome:
     history: dict[str, list[dict[str, float]]]
     incremental: bool
     extras: dict[str, Any] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)  # the method's provenance tags (HashMethod.provenance_tags)
     old_database_codes: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     def summary(self) -> dict[str, Any]:
@@ -226,6 +232,7 @@ def run_incremental(
         incremental=incremental,
         extras=extras,
         old_database_codes=old_db_codes,
+        tags=dict(method.provenance_tags()),
     )
 
 
@@ -239,33 +246,68 @@ def incremental_spec(
     method_overrides: dict[str, Any] | None = None,
     protocol: str | None = None,
 ) -> TrialSpec:
-    """A :class:`TrialSpec` for ``hashbench incremental``: the method's params.yaml block (plus overrides),
-    the global ``train`` settings (with the method's ``train`` block and ``epochs``), the global ``eval``."""
-    from pipeline.config import TrainConfig, deep_merge, method_block, method_params
-    from pipeline.data.registry import get_dataset
-    from pipeline.core.errors import ConfigError
-
-    if dataset not in params.datasets:
-        raise ConfigError(f"{params.source}: dataset {dataset!r} is not configured under 'datasets'; configured: {', '.join(params.datasets)}")
-    ds_spec = get_dataset(dataset)
-    mp = method_params(params, method, method_overrides or {}, where=f"incremental --method {method} --param")
-    train = deep_merge(params.train.model_dump(), method_block(params, method).get("train") or {})
-    if epochs is not None:
-        train["epochs"] = int(epochs)
-    try:
-        train_cfg = TrainConfig.model_validate(train)
-    except Exception as exc:  # pydantic ValidationError, with the key in its text
-        raise ConfigError(f"{params.source}: train settings for the incremental trial: {exc}") from None
-    return TrialSpec(
-        suite="incremental",
-        dataset=dataset,
-        protocol=protocol or ds_spec.default_protocol,
-        method=params.implementation(method),
-        variant=method if params.implementation(method) != method else None,
-        bits=int(bits),
-        seed=int(seed),
-        method_params=mp,
-        dataset_params=params.dataset_params(dataset).model_dump(mode="json"),
-        train=train_cfg,
-        eval=params.eval,
+    """A :class:`TrialSpec` for ``hashbench incremental`` through the one resolution of trials."""
+    return resolve_trial(
+        params,
+        TrialRequest(
+            label="incremental",
+            dataset=dataset,
+            method=method,
+            bits=int(bits),
+            seed=int(seed),
+            protocol=protocol,
+            train_override={"epochs": int(epochs)} if epochs is not None else {},
+            method_override=method_overrides or {},
+            where=f"incremental --method {method}",
+        ),
     )
+
+
+# -- the trial body and the sequential launcher (bench of a suite with an ``incremental:`` block) ------------
+
+
+def incremental_metrics(outcome: IncrementalOutcome) -> dict[str, float]:
+    """The flat MLflow metrics of one incremental outcome: ``{stage}/{queries}/{direction}/{metric}``,
+    ``seconds/{stage}``, ``count/{part}`` and ``increment_time_ratio`` (incremental step / full retraining)."""
+    final = {k: float(v) for k, v in outcome.metrics.items()}
+    final.update({f"seconds/{k}": float(v) for k, v in outcome.seconds.items()})
+    final.update({f"count/{k}": float(v) for k, v in outcome.counts.items()})
+    inc, full = outcome.seconds.get("increment"), outcome.seconds.get("retrain")
+    if outcome.incremental and inc is not None and full:
+        final["increment_time_ratio"] = float(inc) / float(full)
+    return final
+
+
+def incremental_body(spec: TrialSpec, ctx: TrialContext, observer: TrialObserver, out_dir: Path) -> BodyResult:
+    """One incremental-class trial (original, increment, retrain) as an executor body."""
+    if spec.incremental is None:
+        raise MethodError(f"{spec.key()}: not an incremental trial (the suite has no incremental: block)")
+    inc = spec.incremental
+    t0 = time.perf_counter()
+    outcome = run_incremental(
+        spec, ctx.prepared_dir, n_new=inc.new_classes, class_seed=inc.class_seed, increment_epochs=inc.increment_epochs, retrain=inc.retrain, device=ctx.device
+    )
+    inner = time.perf_counter() - t0
+    (out_dir / "incremental.json").write_text(json.dumps({"key": spec.key(), **outcome.summary(), "history": outcome.history}, indent=2, sort_keys=True, default=float))
+    return BodyResult(
+        metrics=incremental_metrics(outcome),
+        inner_seconds=inner,
+        device=str(resolve_device(ctx.device or spec.train.device)),
+        tags={"hashbench.new_classes": ",".join(str(x) for x in outcome.classes.get("new", [])), **outcome.tags},
+    )
+
+
+def run_incremental_trials(pending: list[TrialSpec], ctx: TrialContext) -> dict[str, str | None]:
+    """Run the pending trials one after another in this process (not on Ray: concurrent trials would
+    distort the increment / retraining time ratio that is the protocol's point); ``{key: error or None}``."""
+    errors: dict[str, str | None] = {}
+    bar = tqdm(pending, desc="incremental trials", unit="trial", file=sys.stderr)
+    for spec in bar:
+        try:
+            record = execute_trial(spec, ctx, incremental_body)
+            errors[spec.key()] = None
+            bar.write(f"  done    {spec.name} {spec.bits} bits seed {spec.seed} new={spec.incremental.new_classes}  {record.wall_seconds:.1f} s")
+        except Exception as exc:  # noqa: BLE001 - recorded FAILED by the executor; the other trials go on
+            errors[spec.key()] = f"{type(exc).__name__}: {exc}"
+            bar.write(f"  FAILED  {spec.name} {spec.bits} bits seed {spec.seed}: {exc}")
+    return errors

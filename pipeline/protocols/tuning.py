@@ -33,20 +33,24 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from pipeline.protocols import standard as runner
-
+from methods.registry import get_method_class
+from pipeline.eval.evaluate import direction_name, retrieval_directions
+from pipeline.protocols import launch
+from pipeline.protocols.standard import body_for, stamp_data
 from pipeline.train import tracking
-from pipeline.config import EvalConfig, Params, TrialSpec, deep_merge, method_block, method_params, params_hash, tuned_file, validate_model
+from pipeline.config import Params, TrainConfig, TrialRequest, TrialSpec, deep_merge, method_params, params_hash, resolve_trial, tuned_file
 from pipeline.data.formats import PreparedDataset
 from pipeline.core.errors import ConfigError, TrainingError
 from pipeline.core.paths import ProjectPaths
-from pipeline.config.spaces import check_distribution, parse_sweep, split_sample, to_ray
+from pipeline.config.spaces import check_distribution, check_name, parse_sweep, split_sample, to_ray
+from pipeline.train.executor import TrialContext, TrialStopped, execute_trial
+from pipeline.train.loop import Validation
 
 log = logging.getLogger(__name__)
 
@@ -69,44 +73,19 @@ class TuneSummary:
 
 
 def default_metric(method: str, params: Params | None = None) -> str:
-    from methods.registry import get_method_class
-    from pipeline.eval.evaluate import direction_name, retrieval_directions
-
     impl = params.implementation(method) if params is not None else method
     q, d = retrieval_directions(get_method_class(impl).modalities)[0]
     return f"{direction_name(q, d)}/map@all"
 
 
 def base_spec(params: Params, method: str, dataset: str, bits: int, seed: int, epochs: int, name: str) -> TrialSpec:
-    """The trial everything is sampled around: params.yaml's method parameters and training settings."""
-    from methods.registry import get_method_class
-    from pipeline.data.registry import get_dataset
-
-    if dataset not in params.datasets:
-        raise ConfigError(f"{params.source}: dataset {dataset!r} is not configured under 'datasets'")
-    spec = get_dataset(dataset)
-    impl = params.implementation(method)  # a variant (methods.<name>: {method: ...}) runs its registered method
-    cls = get_method_class(impl)
-    missing = [m for m in cls.modalities if m not in spec.modalities]
-    if missing:
-        raise ConfigError(f"method {method!r} needs modalities {list(cls.modalities)}, dataset {dataset!r} has {list(spec.modalities)}")
-    if bits <= 0 or bits % 8:
-        raise ConfigError(f"--bits {bits} is not a positive multiple of 8")
-    train = deep_merge(params.train.model_dump(), method_block(params, method).get("train") or {})
-    train["epochs"] = epochs
-    eval_cfg = params.eval.model_copy(update={"random_baseline": False})
-    return TrialSpec(
-        suite=name,
-        dataset=dataset,
-        protocol=spec.default_protocol,
-        method=impl,
-        variant=method if impl != method else None,
-        bits=bits,
-        seed=seed,
-        method_params=method_params(params, method, {}),
-        dataset_params=params.dataset_params(dataset).model_dump(mode="json"),
-        train=validate_model(type(params.train), train, "train", params.source),
-        eval=eval_cfg,
+    """The trial everything is sampled around: params.yaml's method parameters and training settings
+    (through the one resolution of trials), ``epochs`` epochs, no random-codes baseline."""
+    return resolve_trial(
+        params,
+        TrialRequest(
+            label=name, dataset=dataset, method=method, bits=bits, seed=seed, train_override={"epochs": epochs}, eval_override={"random_baseline": False}, where=f"tune --method {method}"
+        ),
     )
 
 
@@ -139,9 +118,9 @@ def _plain(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else value
 
 
-def _tune_driver(tune_config: dict, base: dict, settings: dict, parent: str) -> None:
-    """One Tune trial of a search: the sampled configuration applied to the base spec, then bench's body."""
-    from pipeline.config import TrainConfig
+def _tune_trial(tune_config: dict, base: dict, ctx: TrialContext, p: launch.Placement, storage: str, pg_registry: str, default: dict | None) -> None:
+    """One Tune trial of a search: the sampled configuration applied to the base spec, run by the executor."""
+    from ray import tune
 
     sample = {k: _plain(v) for k, v in tune_config.items() if k != "seed"}
     mp, train = split_sample(sample)
@@ -151,13 +130,23 @@ def _tune_driver(tune_config: dict, base: dict, settings: dict, parent: str) -> 
     if "seed" in tune_config:
         body["seed"] = int(tune_config["seed"])
     # a sample the method rejects fails inside the trial (its MLflow run is FAILED with the reason)
-    drive = runner._drive_in_process if settings.get("executor") == "in_process" else runner._drive
-    from ray import tune
-
-    tags = {TAG_PARENT: parent, TAG_SEARCH: body["suite"], "hashbench.tune_sample": json.dumps(sample), "hashbench.tune_trial_id": tune.get_context().get_trial_id()}
-    if settings.get("default_point") is not None and sample == settings["default_point"]:
-        tags["hashbench.tune_default"] = "1"
-    drive(body, settings, extra_tags=tags)
+    spec = TrialSpec.model_validate(body)
+    tags = {
+        TAG_PARENT: ctx.extra_tags[TAG_PARENT],
+        TAG_SEARCH: spec.suite,
+        "hashbench.tune_sample": json.dumps(sample),
+        "hashbench.tune_trial_id": tune.get_context().get_trial_id(),
+        **({"hashbench.tune_default": "1"} if default is not None and sample == default else {}),
+    }
+    run_ctx = replace(launch.trial_context(ctx, p, report=tune.report), extra_tags=tags)
+    try:
+        record = execute_trial(spec, run_ctx, body_for(p, Path(storage), pg_registry=Path(pg_registry)))
+    except BaseException as exc:
+        # a multi-worker trial whose worker group the releaser removed was stopped by the scheduler, not failed
+        if not p.in_process and launch.released_marker(Path(pg_registry), tune.get_context().get_trial_id()).exists():
+            raise TrialStopped("stopped by the scheduler") from exc
+        raise
+    tune.report({"trial_complete": 1.0, "trial_wall_seconds": record.wall_seconds, **launch.dotted(record.metrics)})
 
 
 def _parent_run(uri: str, exp_id: str, name: str, info: dict[str, str], fresh: bool = False) -> str:
@@ -215,8 +204,6 @@ def run_tune(
         if not space:
             raise ConfigError(f"{params.source}: tune.spaces.{method}: no search space for method {method!r}; declare e.g. tune.spaces.{method}.<param>: {{loguniform: [1e-4, 1e-1]}}")
         name = f"tune-{dataset}-{method}-{bits}b"
-    from pipeline.config.spaces import check_name
-
     for pname, dist in space.items():
         where = f"{params.source}: tune.spaces.{method}.{pname}"
         check_name(params, method, pname, where)
@@ -257,37 +244,28 @@ def run_tune(
         fresh=fresh,
     )
 
-    runner._init_ray(params.resources.ray_address)
+    launch.init_ray(params.resources.ray_address, launch.ray_log_file(paths.logs, name))
     res = params.resources
-    use_gpu = res.use_gpu if res.use_gpu != "auto" else ray.cluster_resources().get("GPU", 0) > 0
-    settings = {
-        "tracking_uri": uri,
-        "experiment_id": exp_id,
-        "prepared_dir": str(prepared_dir),
-        "provenance": tracking.provenance_tags(paths, params_file, params_hash(params_file), ds.manifest_sha256),
-        "use_gpu": bool(use_gpu),
-        "resources": res.model_dump(),
-        "cpus_per_worker": res.cpus_per_worker,
-        "storage_path": str(paths.ray_storage / "train"),
-        "ray_report_every": 1,
-        "validation": {"fraction": cfg.validation_fraction, "seed": cfg.validation_seed, "every": cfg.eval_every},
-        # executor "in_process" (tune.executor auto, 1 worker): the trial process trains, holding the worker's
-        # resources; "train": a TorchTrainer per trial, whose placement group the releaser frees if Tune stops it
-        "executor": "in_process" if cfg.executor == "auto" and res.num_workers == 1 else "train",
-        "pg_registry": str(storage / f"{name}.worker-groups"),
-        "default_point": point,
-    }
-    if settings["executor"] == "in_process":
-        trial_resources = {"CPU": res.cpus_per_worker, **({"GPU": res.gpus_per_worker} if use_gpu else {})}
-    else:
-        trial_resources = runner._driver_resources(ray.cluster_resources())
+    p = launch.placement(res, override_concurrency=cfg.max_concurrent_trials, ray_train=cfg.executor == "train")
+    pg_registry = storage / f"{name}.worker-groups"
+    ctx = TrialContext(
+        tracking_uri=uri,
+        experiment_id=exp_id,
+        prepared_dir=prepared_dir,
+        provenance=tracking.provenance_tags(paths, params_file, params_hash(params_file), ds.manifest_sha256),
+        validation=Validation(fraction=cfg.validation_fraction, seed=cfg.validation_seed, every=cfg.eval_every),
+        report_every=1,
+        sticky=True,
+        extra_tags={TAG_PARENT: parent},
+    )
+    base_json = stamp_data([base], ds)[0].model_dump(mode="json")
     trainable = tune.with_resources(
-        tune.with_parameters(_tune_driver, base=base.model_dump(mode="json"), settings=settings, parent=parent),
-        trial_resources,
+        tune.with_parameters(_tune_trial, base=base_json, ctx=ctx, p=p, storage=str(paths.ray_storage / "train"), pg_registry=str(pg_registry), default=point),
+        launch.trial_resources(p),
     )
     tune_metric = metric.replace("/", ".")
-    concurrent = cfg.max_concurrent_trials or res.max_concurrent_trials or runner._fitting_trials(ray.cluster_resources(), res, bool(use_gpu))
-    callbacks = [runner.worker_group_releaser(settings["pg_registry"])]
+    concurrent = p.concurrent
+    callbacks = [launch.worker_group_releaser(pg_registry)]
     samples = 1 if search == "grid" else (num_samples or cfg.num_samples)
     if tune.Tuner.can_restore(str(exp_path)):
         log.info("resuming search %s from %s", name, exp_path)

@@ -2,7 +2,7 @@
 
 Input: the report's runs DataFrame; incremental trials are the rows with an ``incremental_new`` value
 (the new-class count of the trial, from the run tag ``hashbench.incremental_new``) and the metrics of
-:mod:`pipeline.protocols.incremental_bench`. One table per suite and direction: rows method x bits x new
+:mod:`pipeline.protocols.incremental`. One table per suite and direction: rows method x bits x new
 classes, columns mAP@all after the incremental step on the old / new / all queries, mAP@all of the
 full retraining on all queries, and the training seconds of both steps with their ratio (the paper's
 Table 6 claim: the incremental step costs a fraction of retraining). Cells are mean ± std over seeds.

@@ -17,13 +17,13 @@ import re
 import os
 import platform
 import subprocess
-import tempfile
 from dataclasses import asdict
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Mapping
 
 from pipeline.config import TrackingConfig, TrialSpec
+from pipeline.config.model import KEY_VERSION
 from pipeline.core.paths import ProjectPaths
 
 log = logging.getLogger(__name__)
@@ -157,6 +157,9 @@ def trial_tags(spec: TrialSpec, provenance: Mapping[str, str]) -> dict[str, str]
     return {
         TAG_KEY: spec.key(),
         "hashbench.resolved_sha256": spec.resolved_hash(),
+        "hashbench.key_version": str(KEY_VERSION),
+        "hashbench.eval_key": spec.eval_key(),
+        "hashbench.code_sha256": spec.code_sha256,
         "hashbench.suite": spec.suite,
         "hashbench.dataset": spec.dataset,
         "hashbench.protocol": spec.protocol,
@@ -206,33 +209,40 @@ def metric_name_from_mlflow(name: str) -> str:
     return re.sub(r"_at_(?=(?:\d+|all|r\d+)(?:/|$))", "@", name)
 
 
-def log_outcome_artifacts(uri: str, run_id: str, outcome) -> None:
-    """Codes, P-R curves, per-epoch history and the full evaluation as artifacts of the run."""
+def write_outcome_artifacts(outcome, out_dir: Path) -> None:
+    """Codes, P-R curves, per-epoch history and the full evaluation of a trial outcome, as files in ``out_dir``."""
     import numpy as np
 
-    c = client(uri)
     ev = outcome.evaluation
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        arrays = {f"{part}_{mod}": codes for part, mods in ev.packed.items() for mod, codes in mods.items()}
-        np.savez_compressed(tmp / "codes.npz", **arrays)
-        curves = {
-            name: {k: np.asarray(v).tolist() for k, v in d.metrics.pr_curve.items()} for name, d in ev.directions.items()
-        }
-        (tmp / "pr_curves.json").write_text(json.dumps(curves))
-        (tmp / "history.json").write_text(json.dumps(outcome.history, indent=1))
-        evaluation = {
-            "conventions": ev.conventions,
-            "directions": {
-                name: {"metrics": d.metrics.values, "index": [asdict(s) for s in d.index]} for name, d in ev.directions.items()
-            },
-            "train_seconds": outcome.train_seconds,
-            "eval_seconds": outcome.eval_seconds,
-            "device": outcome.device,
-        }
-        (tmp / "evaluation.json").write_text(json.dumps(evaluation, indent=1, default=float))
-        for f in ("codes.npz", "pr_curves.json", "history.json", "evaluation.json"):
-            c.log_artifact(run_id, str(tmp / f))
+    arrays = {f"{part}_{mod}": codes for part, mods in ev.packed.items() for mod, codes in mods.items()}
+    np.savez_compressed(out_dir / "codes.npz", **arrays)
+    curves = {name: {k: np.asarray(v).tolist() for k, v in d.metrics.pr_curve.items()} for name, d in ev.directions.items()}
+    (out_dir / "pr_curves.json").write_text(json.dumps(curves))
+    (out_dir / "history.json").write_text(json.dumps(outcome.history, indent=1))
+    evaluation = {
+        "conventions": ev.conventions,
+        "directions": {name: {"metrics": d.metrics.values, "index": [asdict(s) for s in d.index]} for name, d in ev.directions.items()},
+        "train_seconds": outcome.train_seconds,
+        "eval_seconds": outcome.eval_seconds,
+        "device": outcome.device,
+    }
+    (out_dir / "evaluation.json").write_text(json.dumps(evaluation, indent=1, default=float))
+
+
+def log_artifact_dir(uri: str, run_id: str, folder: Path) -> None:
+    """Every file in ``folder`` as an artifact of the run (one call; nothing when the folder is empty)."""
+    if any(folder.iterdir()):
+        client(uri).log_artifacts(run_id, str(folder))
+
+
+def set_tags(uri: str, run_id: str, tags: Mapping[str, Any]) -> None:
+    """Tags on a run in one batch (values truncated to MLflow's limit)."""
+    import mlflow.entities
+
+    items = [mlflow.entities.RunTag(k, str(v)[:5000]) for k, v in tags.items()]
+    c = client(uri)
+    for i in range(0, len(items), 100):
+        c.log_batch(run_id, tags=items[i : i + 100])
 
 
 def end_run(uri: str, run_id: str, status: str, error: str | None = None) -> None:
