@@ -109,7 +109,7 @@ def split_labels(prepared_root: Path, protocol: str) -> tuple[np.ndarray, np.nda
     """(query labels, database labels) of a prepared dataset's protocol split."""
     ds = PreparedDataset(prepared_root)
     split = ds.split(protocol)
-    labels = np.asarray(ds.labels())
+    labels = np.asarray(ds.labels)
     return labels[split.query], labels[split.database]
 
 
