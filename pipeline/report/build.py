@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.report.collect import ProfileRuns
+from pipeline.report.compare import published_sections
 from pipeline.report.common import DIRECTION_TITLES, TEMPLATES, environment, write_atomic
 from pipeline.report.incremental import render_incremental
 from pipeline.report.longtail import render_longtail
@@ -147,10 +148,23 @@ def index_table(g: pd.DataFrame, direction: str) -> list[dict]:
     return rows
 
 
-def build_report(runs: ProfileRuns, out_dir: Path, *, title: str, notes: dict[str, str], searches: list | None = None) -> Path:
+def build_report(
+    runs: ProfileRuns,
+    out_dir: Path,
+    *,
+    title: str,
+    notes: dict[str, str],
+    searches: list | None = None,
+    published: list | None = None,
+    evals: dict[str, dict] | None = None,
+    all_published: bool = False,
+) -> Path:
     """Write index.html, metrics.json and plots/*.json under ``out_dir``; return the HTML path.
 
-    ``searches`` (:class:`pipeline.report.sensitivity.Search`) add the hyperparameter sensitivity section."""
+    ``searches`` (:class:`pipeline.report.sensitivity.Search`) add the hyperparameter sensitivity section;
+    ``published`` (:class:`pipeline.report.published.PublishedTable`) with ``evals`` (the evaluate stage's
+    results per suite) the published-numbers section: every table with ``all_published``, else only the
+    tables some run fills."""
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "plots").mkdir(exist_ok=True)
     df = runs.runs
@@ -201,6 +215,7 @@ def build_report(runs: ProfileRuns, out_dir: Path, *, title: str, notes: dict[st
     context = {"title": title, "sections": sections, "runs": runs, "notes": notes, "sensitivity": render_sections(searches or [])}
 
     context["longtail"] = render_longtail(plain)
+    context["published"] = render_published(plain, evals or {}, published or [], runs.profile, all_published)
 
     context["incremental"] = render_incremental(df)
     write_atomic(out_dir / "_body.html", env.get_template("body.html.j2").render(**context))
@@ -208,6 +223,14 @@ def build_report(runs: ProfileRuns, out_dir: Path, *, title: str, notes: dict[st
     write_atomic(html_path, env.get_template("page.html.j2").render(**context))
     (out_dir / "metrics.json").write_text(json.dumps(metrics_json, indent=2, sort_keys=True) + "\n")
     return html_path
+
+
+def render_published(df: pd.DataFrame, evals: dict[str, dict], tables: list, profile: str, all_published: bool) -> str:
+    if not tables:
+        return ""
+    shown = published_sections(df, evals, tables, only_with_runs=not all_published)
+    hidden = sorted({f"{t.paper.upper()} {t.spec.source.table}" for t in tables} - {s["title"].split(":")[0] for s in shown})
+    return environment().get_template("published.html.j2").render(tables=shown, hidden=hidden, profile=profile)
 
 
 def build_landing(reports: Path, profiles: list[str]) -> Path:
