@@ -164,9 +164,12 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_report(args) -> int:
+    import json
+
     from pipeline.train import tracking
     from pipeline.report.build import build_landing, build_report
     from pipeline.report.collect import collect_runs
+    from pipeline.report.published import load_published
     from pipeline.report.sensitivity import collect_searches
 
     params, paths = _params(args), _paths(args)
@@ -177,7 +180,22 @@ def cmd_report(args) -> int:
     description = params.profiles[args.profile].description
     # the sensitivity section: every finished search (hashbench tune) on a dataset of this profile
     searches = collect_searches(uri, params.tracking.experiment_prefix, {params.suites[s].dataset for s in suites})
-    html = build_report(runs, out, title=f"HashBench report: {args.profile}", notes={"Profile": description, "MLflow store": uri}, searches=searches)
+    evals = {}
+    for suite in suites:
+        f = paths.root / "results" / "eval" / args.profile / f"{suite}.json"
+        if f.is_file():
+            evals[suite] = json.loads(f.read_text())
+    all_published = args.published == "all" or (args.published == "auto" and args.profile == "full")
+    html = build_report(
+        runs,
+        out,
+        title=f"HashBench report: {args.profile}",
+        notes={"Profile": description, "MLflow store": uri},
+        searches=searches,
+        published=load_published(),
+        evals=evals,
+        all_published=all_published,
+    )
     index = paths.reports / "index.html"
     if not args.out:
         build_landing(paths.reports, list(params.profiles))
@@ -286,6 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("report", help="read the runs back from MLflow and write reports/<profile>/index.html")
     r.add_argument("--profile", default="demo")
     r.add_argument("--out", help="output folder (default: reports/<profile>)")
+    r.add_argument("--published", choices=["auto", "all", "matched"], default="auto", help="published tables to show: all, only those our runs fill, or auto (all for the full profile)")
     r.set_defaults(func=cmd_report)
 
     inc = sub.add_parser("incremental", help="incremental-class protocol: original step, increment with old codes fixed, full retraining (timed)")
