@@ -18,6 +18,7 @@ from pipeline.report.common import DIRECTION_TITLES, TEMPLATES, environment, wri
 from pipeline.report.incremental import render_incremental
 from pipeline.report.longtail import render_longtail
 from pipeline.report.sensitivity import render_sections
+from pipeline.report.stats import best_vs_runner_up
 
 PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
 
@@ -27,7 +28,8 @@ class Table:
     title: str
     metric: str
     columns: list[int]
-    rows: list[dict]  # {"method", "cells": [{"text", "best", "n"}]}
+    rows: list[dict]  # {"method", "cells": [{"text", "best", "top_ns", "n"}]}
+    tests: list[str] | None = None  # per column: the best-vs-runner-up test
 
 
 def metric_columns(df: pd.DataFrame, direction: str) -> list[str]:
@@ -55,12 +57,13 @@ def directions_of(df: pd.DataFrame) -> list[str]:
 
 
 def summary_table(df: pd.DataFrame, direction: str, metric: str) -> Table:
-    """method x bits, mean ± std over seeds, best mean per column flagged."""
+    """method x bits, mean ± std over seeds; the best mean per column is flagged only when Welch's test
+    over seeds separates it from the runner-up (:mod:`pipeline.report.stats`)."""
     col = f"m:{direction}/{metric}"
     sub = df.dropna(subset=[col])
     bits = sorted(sub["bits"].unique().tolist())
     stats = sub.groupby(["method", "bits"])[col].agg(["mean", "std", "count"])
-    best = {b: stats.xs(b, level="bits")["mean"].max() for b in bits}
+    tests = {b: best_vs_runner_up({m: g[col].tolist() for m, g in sub[sub["bits"] == b].groupby("method")}) for b in bits}
     rows = []
     for method in sorted(sub["method"].unique()):
         cells = []
@@ -70,9 +73,13 @@ def summary_table(df: pd.DataFrame, direction: str, metric: str) -> Table:
                 continue
             s = stats.loc[(method, b)]
             std = 0.0 if (isinstance(s["std"], float) and math.isnan(s["std"])) else float(s["std"])
-            cells.append({"text": f"{s['mean']:.4f} ± {std:.4f}", "best": bool(np.isclose(s["mean"], best[b])), "n": int(s["count"])})
+            t = tests[b]
+            top = t.best == method
+            cells.append({"text": f"{s['mean']:.4f} ± {std:.4f}", "best": top and t.significant, "top_ns": top and not t.significant and t.runner_up is not None, "n": int(s["count"])})
         rows.append({"method": method, "cells": cells})
-    return Table(title=f"{DIRECTION_TITLES.get(direction, direction)}: {metric}", metric=metric, columns=bits, rows=rows)
+    table = Table(title=f"{DIRECTION_TITLES.get(direction, direction)}: {metric}", metric=metric, columns=bits, rows=rows)
+    table.tests = [f"{b} bits: {tests[b].note()}" for b in bits]
+    return table
 
 
 def pr_svg(curves: list[tuple[str, np.ndarray, np.ndarray]], width: int = 360, height: int = 260) -> str:
