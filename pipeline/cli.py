@@ -3,6 +3,7 @@
     hashbench fetch wikipedia          raw files into data/raw/<dataset>, verified
     hashbench prepare wikipedia        raw files into the prepared format in data/prepared/<dataset>
     hashbench bench --suite demo-wikipedia   the suite's trial grid on Ray Tune, logged to MLflow
+    hashbench evaluate --profile demo  metrics from the stored codes (profile + paper conventions) -> results/eval/
     hashbench report --profile demo    MLflow runs into reports/index.html (+ metrics.json, plots/)
     hashbench tune --method csq --dataset wikipedia --bits 32   search on a validation split -> tuned/
     hashbench incremental --method adih --dataset wikipedia --bits 32 --new-classes 1   incremental-class protocol
@@ -117,10 +118,58 @@ def cmd_tune(args) -> int:
     return 0
 
 
+def cmd_evaluate(args) -> int:
+    import json
+    import tempfile
+
+    from pipeline.config.trials import expand_suite
+    from pipeline.eval.stored import StoredTrial, conventions_for, download_codes, evaluate_trials, split_labels
+    from pipeline.report.published import load_published
+    from pipeline.train import tracking
+
+    params, paths = _params(args), _paths(args)
+    uri = tracking.tracking_uri(params.tracking, paths)
+    client = tracking.client(uri)
+    conventions = conventions_for(c.cutoff if isinstance(c.cutoff, int) else None for t in load_published() for c in t.cells)
+    tmp = Path(tempfile.mkdtemp(prefix="hashbench-codes-"))
+
+    def load_codes(run_id: str):
+        (tmp / run_id).mkdir(exist_ok=True)
+        return download_codes(client, run_id, tmp / run_id)
+
+    bench_dir = paths.root / "results" / "bench" / args.profile
+    (paths.root / "results" / "eval" / args.profile).mkdir(parents=True, exist_ok=True)  # the DVC output, even when empty
+    for suite in params.suites_of_profile(args.profile):
+        if params.suites[suite].incremental:
+            continue  # incremental-class trials are evaluated by their own protocol
+        bench = bench_dir / f"{suite}.json"
+        if not bench.is_file():
+            log.warning("%s missing: run `hashbench bench --suite %s` first; skipped", bench, suite)
+            continue
+        done = json.loads(bench.read_text())["trials"]
+        trials = [
+            StoredTrial(s.key(), done[s.key()]["run_id"], s.dataset, s.protocol, s.eval)
+            for s in expand_suite(params, suite)
+            if done.get(s.key(), {}).get("status") == "finished" and done[s.key()].get("run_id")
+        ]
+        out = evaluate_trials(
+            trials,
+            paths.root / "results" / "eval" / args.profile / f"{suite}.json",
+            conventions=conventions,
+            load_codes=load_codes,
+            load_labels=lambda d, p: split_labels(paths.prepared(d), p),
+        )
+        print(f"suite {suite}: {out.trials} trials, {out.computed} evaluations computed, {out.reused} reused, trained 0, {out.seconds:.2f} s -> {out.path}")
+    return 0
+
+
 def cmd_report(args) -> int:
+    import json
+
     from pipeline.train import tracking
     from pipeline.report.build import build_landing, build_report
     from pipeline.report.collect import collect_runs
+    from pipeline.report.published import load_published
     from pipeline.report.sensitivity import collect_searches
 
     params, paths = _params(args), _paths(args)
@@ -131,7 +180,22 @@ def cmd_report(args) -> int:
     description = params.profiles[args.profile].description
     # the sensitivity section: every finished search (hashbench tune) on a dataset of this profile
     searches = collect_searches(uri, params.tracking.experiment_prefix, {params.suites[s].dataset for s in suites})
-    html = build_report(runs, out, title=f"HashBench report: {args.profile}", notes={"Profile": description, "MLflow store": uri}, searches=searches)
+    evals = {}
+    for suite in suites:
+        f = paths.root / "results" / "eval" / args.profile / f"{suite}.json"
+        if f.is_file():
+            evals[suite] = json.loads(f.read_text())
+    all_published = args.published == "all" or (args.published == "auto" and args.profile == "full")
+    html = build_report(
+        runs,
+        out,
+        title=f"HashBench report: {args.profile}",
+        notes={"Profile": description, "MLflow store": uri},
+        searches=searches,
+        published=load_published(),
+        evals=evals,
+        all_published=all_published,
+    )
     index = paths.reports / "index.html"
     if not args.out:
         build_landing(paths.reports, list(params.profiles))
@@ -233,9 +297,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--fresh", action="store_true", help="discard the saved Tune experiment instead of resuming it")
     t.set_defaults(func=cmd_tune)
 
+    ev = sub.add_parser("evaluate", help="metrics from the stored codes of finished trials (profile settings + paper conventions); recomputes only missing keys")
+    ev.add_argument("--profile", default="demo")
+    ev.set_defaults(func=cmd_evaluate)
+
     r = sub.add_parser("report", help="read the runs back from MLflow and write reports/<profile>/index.html")
     r.add_argument("--profile", default="demo")
     r.add_argument("--out", help="output folder (default: reports/<profile>)")
+    r.add_argument("--published", choices=["auto", "all", "matched"], default="auto", help="published tables to show: all, only those our runs fill, or auto (all for the full profile)")
     r.set_defaults(func=cmd_report)
 
     inc = sub.add_parser("incremental", help="incremental-class protocol: original step, increment with old codes fixed, full retraining (timed)")

@@ -13,10 +13,12 @@ import numpy as np
 import pandas as pd
 
 from pipeline.report.collect import ProfileRuns
+from pipeline.report.compare import published_sections
 from pipeline.report.common import DIRECTION_TITLES, TEMPLATES, environment, write_atomic
 from pipeline.report.incremental import render_incremental
 from pipeline.report.longtail import render_longtail
 from pipeline.report.sensitivity import render_sections
+from pipeline.report.stats import best_vs_runner_up
 
 PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
 
@@ -26,7 +28,8 @@ class Table:
     title: str
     metric: str
     columns: list[int]
-    rows: list[dict]  # {"method", "cells": [{"text", "best", "n"}]}
+    rows: list[dict]  # {"method", "cells": [{"text", "best", "top_ns", "n"}]}
+    tests: list[str] | None = None  # per column: the best-vs-runner-up test
 
 
 def metric_columns(df: pd.DataFrame, direction: str) -> list[str]:
@@ -54,12 +57,13 @@ def directions_of(df: pd.DataFrame) -> list[str]:
 
 
 def summary_table(df: pd.DataFrame, direction: str, metric: str) -> Table:
-    """method x bits, mean ± std over seeds, best mean per column flagged."""
+    """method x bits, mean ± std over seeds; the best mean per column is flagged only when Welch's test
+    over seeds separates it from the runner-up (:mod:`pipeline.report.stats`)."""
     col = f"m:{direction}/{metric}"
     sub = df.dropna(subset=[col])
     bits = sorted(sub["bits"].unique().tolist())
     stats = sub.groupby(["method", "bits"])[col].agg(["mean", "std", "count"])
-    best = {b: stats.xs(b, level="bits")["mean"].max() for b in bits}
+    tests = {b: best_vs_runner_up({m: g[col].tolist() for m, g in sub[sub["bits"] == b].groupby("method")}) for b in bits}
     rows = []
     for method in sorted(sub["method"].unique()):
         cells = []
@@ -69,9 +73,13 @@ def summary_table(df: pd.DataFrame, direction: str, metric: str) -> Table:
                 continue
             s = stats.loc[(method, b)]
             std = 0.0 if (isinstance(s["std"], float) and math.isnan(s["std"])) else float(s["std"])
-            cells.append({"text": f"{s['mean']:.4f} ± {std:.4f}", "best": bool(np.isclose(s["mean"], best[b])), "n": int(s["count"])})
+            t = tests[b]
+            top = t.best == method
+            cells.append({"text": f"{s['mean']:.4f} ± {std:.4f}", "best": top and t.significant, "top_ns": top and not t.significant and t.runner_up is not None, "n": int(s["count"])})
         rows.append({"method": method, "cells": cells})
-    return Table(title=f"{DIRECTION_TITLES.get(direction, direction)}: {metric}", metric=metric, columns=bits, rows=rows)
+    table = Table(title=f"{DIRECTION_TITLES.get(direction, direction)}: {metric}", metric=metric, columns=bits, rows=rows)
+    table.tests = [f"{b} bits: {tests[b].note()}" for b in bits]
+    return table
 
 
 def pr_svg(curves: list[tuple[str, np.ndarray, np.ndarray]], width: int = 360, height: int = 260) -> str:
@@ -147,10 +155,23 @@ def index_table(g: pd.DataFrame, direction: str) -> list[dict]:
     return rows
 
 
-def build_report(runs: ProfileRuns, out_dir: Path, *, title: str, notes: dict[str, str], searches: list | None = None) -> Path:
+def build_report(
+    runs: ProfileRuns,
+    out_dir: Path,
+    *,
+    title: str,
+    notes: dict[str, str],
+    searches: list | None = None,
+    published: list | None = None,
+    evals: dict[str, dict] | None = None,
+    all_published: bool = False,
+) -> Path:
     """Write index.html, metrics.json and plots/*.json under ``out_dir``; return the HTML path.
 
-    ``searches`` (:class:`pipeline.report.sensitivity.Search`) add the hyperparameter sensitivity section."""
+    ``searches`` (:class:`pipeline.report.sensitivity.Search`) add the hyperparameter sensitivity section;
+    ``published`` (:class:`pipeline.report.published.PublishedTable`) with ``evals`` (the evaluate stage's
+    results per suite) the published-numbers section: every table with ``all_published``, else only the
+    tables some run fills."""
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "plots").mkdir(exist_ok=True)
     df = runs.runs
@@ -201,6 +222,7 @@ def build_report(runs: ProfileRuns, out_dir: Path, *, title: str, notes: dict[st
     context = {"title": title, "sections": sections, "runs": runs, "notes": notes, "sensitivity": render_sections(searches or [])}
 
     context["longtail"] = render_longtail(plain)
+    context["published"] = render_published(plain, evals or {}, published or [], runs.profile, all_published)
 
     context["incremental"] = render_incremental(df)
     write_atomic(out_dir / "_body.html", env.get_template("body.html.j2").render(**context))
@@ -208,6 +230,14 @@ def build_report(runs: ProfileRuns, out_dir: Path, *, title: str, notes: dict[st
     write_atomic(html_path, env.get_template("page.html.j2").render(**context))
     (out_dir / "metrics.json").write_text(json.dumps(metrics_json, indent=2, sort_keys=True) + "\n")
     return html_path
+
+
+def render_published(df: pd.DataFrame, evals: dict[str, dict], tables: list, profile: str, all_published: bool) -> str:
+    if not tables:
+        return ""
+    shown = published_sections(df, evals, tables, only_with_runs=not all_published)
+    hidden = sorted({f"{t.paper.upper()} {t.spec.source.table}" for t in tables} - {s["title"].split(":")[0] for s in shown})
+    return environment().get_template("published.html.j2").render(tables=shown, hidden=hidden, profile=profile)
 
 
 def build_landing(reports: Path, profiles: list[str]) -> Path:

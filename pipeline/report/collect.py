@@ -68,7 +68,8 @@ def collect_runs(uri: str, bench_dir: Path, suites: list[str], profile: str) -> 
                 "git_dirty": tags.get("git.dirty"),
                 "device": tags.get("device"),
                 "manifest": tags.get("data.manifest_sha256"),
-                "incremental_new": tags.get("hashbench.incremental_new"),  # incremental-class protocol trials only
+                "incremental_new": tags.get("hashbench.incremental_new"),
+                "weights": "; ".join(f"{k[len('weights.'):]}={v}" for k, v in sorted(tags.items()) if k.startswith("weights.")) or None,  # incremental-class protocol trials only
             }
             row.update({f"m:{tracking.metric_name_from_mlflow(k)}": v for k, v in run.data.metrics.items()})
             rows.append(row)
