@@ -58,6 +58,10 @@ class HashMethod(torch.nn.Module):
     input_kinds: ClassVar[frozenset[str]] = frozenset(MODALITY_KINDS)
     Params: ClassVar[type[MethodParams]] = MethodParams
     paper: ClassVar[str] = ""
+    #: capabilities, declared here (never probed with getattr): data-parallel training on several workers
+    #: (the loop shards batches and all-reduces gradients; whole-training-set state must be gathered), and
+    #: the incremental-class protocol (see :meth:`on_increment_start`)
+    supports_distributed: ClassVar[bool] = False
 
     def __init__(self, params: MethodParams, info: DataInfo, bits: int) -> None:
         super().__init__()
@@ -107,6 +111,16 @@ class HashMethod(torch.nn.Module):
     # -- incremental-class protocol (pipeline/protocols/incremental.py) -----------------------------------
     #: True when the method implements :meth:`on_increment_start`; the incremental runner refuses others.
     supports_incremental: ClassVar[bool] = False
+
+    @classmethod
+    def capabilities(cls) -> dict[str, object]:
+        """What the method declares: modalities, input kinds, distributed, incremental (``hashbench list``)."""
+        return {
+            "modalities": list(cls.modalities),
+            "input_kinds": sorted(cls.input_kinds),
+            "distributed": cls.supports_distributed,
+            "incremental": cls.supports_incremental,
+        }
 
     def increment_replay(self, n_old: int):
         """Positions (into the original step's training items, an int array) that the incremental step's

@@ -90,6 +90,13 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def sensitivity_page(uri: str, experiment_id: str, parent: str, out: Path) -> Path:
+    """The search's sensitivity page (reports/tune/...), handed to run_tune."""
+    from pipeline.report import sensitivity
+
+    return sensitivity.build_page(sensitivity.load_search(uri, experiment_id, parent), out)
+
+
 def cmd_tune(args) -> int:
     from pipeline.protocols.tuning import run_tune
 
@@ -106,6 +113,7 @@ def cmd_tune(args) -> int:
         epochs=args.epochs,
         sweep=args.sweep,
         fresh=args.fresh,
+        page=sensitivity_page,
     )
     counts = {}
     for t in summary.trials:
@@ -238,6 +246,8 @@ def cmd_list(args) -> int:
     from methods.registry import available_methods, get_method_class
     from pipeline.data.registry import available_datasets, get_dataset
 
+    if args.resolved:
+        return _list_resolved(args)
     print("datasets:")
     for n in available_datasets():
         d = get_dataset(n)
@@ -245,7 +255,9 @@ def cmd_list(args) -> int:
     print("methods:")
     for n in available_methods():
         c = get_method_class(n)
-        print(f"  {n:12s} modalities={','.join(c.modalities)}  {c.paper}")
+        caps = c.capabilities()
+        flags = "".join(f" {k}" for k in ("distributed", "incremental") if caps[k])
+        print(f"  {n:12s} modalities={','.join(c.modalities)} inputs={','.join(caps['input_kinds'])}{flags}  {c.paper}")
     try:
         params = _params(args)
     except HashBenchError as exc:
@@ -260,6 +272,23 @@ def cmd_list(args) -> int:
     print("suites:")
     for n, s in params.suites.items():
         print(f"  {n:24s} profile={s.profile} dataset={s.dataset} methods={','.join(s.methods)} bits={s.bits} seeds={s.seeds}")
+    return 0
+
+
+def _list_resolved(args) -> int:
+    """``hashbench list --resolved SUITE``: every trial the suite really runs, with what differs from the defaults."""
+    import json
+
+    from pipeline.config import expand_suite
+
+    params = _params(args)
+    trials = expand_suite(params, args.resolved)
+    print(f"suite {args.resolved}: {len(trials)} trials (training key = dataset/method/bits/seed/hash; data hash added by bench)")
+    for t in trials:
+        print(f"  {t.key()}")
+        print(f"      protocol={t.protocol} train={json.dumps(t.train.model_dump(mode='json', exclude_defaults=True), sort_keys=True)}")
+        print(f"      method_params={json.dumps(t.method_params, sort_keys=True)}")
+        print(f"      eval={json.dumps(t.eval.model_dump(mode='json', exclude_defaults=True), sort_keys=True)} eval_key={t.eval_key()[:12]}")
     return 0
 
 
@@ -322,6 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     inc.set_defaults(func=cmd_incremental)
 
     ls = sub.add_parser("list", help="datasets, methods, suites and profiles")
+    ls.add_argument("--resolved", metavar="SUITE", help="print every trial SUITE runs, fully resolved")
     ls.set_defaults(func=cmd_list)
     return p
 

@@ -238,7 +238,9 @@ def test_optuna_asha_search_stops_trials_and_writes_best_config(repo_params, tmp
 
     params, paths = _project(repo_params, tmp_path, prepared_root)
     assert params.tune.search == "optuna" and params.tune.scheduler == "asha"
-    summary = run_tune(params, paths, method="csq", dataset="digits", bits=16, params_file=Path(params.source))
+    from pipeline.cli import sensitivity_page
+
+    summary = run_tune(params, paths, method="csq", dataset="digits", bits=16, params_file=Path(params.source), page=sensitivity_page)
     assert len(summary.trials) == 6
     status = [t["status"] for t in summary.trials]
     assert "stopped_early" in status and "finished" in status and "failed" not in status

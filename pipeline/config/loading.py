@@ -80,11 +80,11 @@ def check_params(params: Params) -> None:
                     + (f"; variants: {', '.join(variants)}" if variants else "")
                 )
             cls = get_method_class(params.implementation(m))
-            if suite.incremental is not None and not getattr(cls, "supports_incremental", False):
+            if suite.incremental is not None and not cls.supports_incremental:
                 raise ConfigError(
                     f"{where}.methods[{i}]: method {m!r} does not support the incremental-class protocol of this suite "
                     f"(suites.{sname}.incremental); methods that do: "
-                    + ", ".join(n for n in known_methods if getattr(get_method_class(n), "supports_incremental", False))
+                    + ", ".join(n for n in known_methods if get_method_class(n).supports_incremental)
                 )
             missing = [mod for mod in cls.modalities if mod not in spec.modalities]
             if missing:

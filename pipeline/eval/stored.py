@@ -33,6 +33,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
+from pipeline.config.model import canonical_hash
 from pipeline.config import EvalConfig
 from pipeline.core.errors import HashBenchError
 from pipeline.data.formats import PreparedDataset
@@ -47,8 +48,7 @@ PARTS = ("query", "database")
 
 def spec_eval_key(eval_cfg: EvalConfig) -> str:
     """sha256 of the canonical JSON of the evaluation settings (sorted keys, no spaces)."""
-    blob = json.dumps(eval_cfg.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()
+    return canonical_hash(eval_cfg.model_dump(mode="json"))
 
 
 @dataclass(frozen=True)

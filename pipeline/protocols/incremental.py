@@ -128,7 +128,7 @@ def run_incremental(
 ) -> IncrementalOutcome:
     """Original step, incremental step (old codes fixed) and full retraining of ``spec.method``; see the module docstring."""
     cls = get_method_class(spec.method)
-    if not getattr(cls, "supports_incremental", False):
+    if not cls.supports_incremental:
         raise MethodError(
             f"method {spec.method!r} does not support the incremental-class protocol "
             "(it needs supports_incremental = True and an on_increment_start hook, see methods/base.py)"

@@ -35,7 +35,7 @@ import logging
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -179,6 +179,7 @@ def run_tune(
     epochs: int | None = None,
     sweep: str | None = None,
     fresh: bool = False,
+    page: Callable[[str, str, str, Path], Path] | None = None,
 ) -> TuneSummary:
     """Run (or resume) a search; write the best configuration and the sensitivity report."""
     import ray
@@ -340,9 +341,8 @@ def run_tune(
         c.log_metric(parent, "best_value", float(best["value"]))
         c.set_tag(parent, "hashbench.best_config", json.dumps({k: _plain(v) for k, v in best["config"].items()}))
     tracking.end_run(uri, parent, "FINISHED")
-    from pipeline.report import sensitivity
-
-    summary.report = sensitivity.build_page(sensitivity.load_search(uri, exp_id, parent), paths.reports / "tune" / f"{dataset}-{method}-{bits}.html")
+    if page is not None:  # the sensitivity page (pipeline.report.sensitivity, a layer above; the CLI passes it)
+        summary.report = page(uri, exp_id, parent, paths.reports / "tune" / f"{dataset}-{method}-{bits}.html")
     summary.wall_seconds = time.perf_counter() - t0
     return summary
 

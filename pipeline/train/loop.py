@@ -120,7 +120,7 @@ def run_trial(
     dev = resolve_device(device or spec.train.device)
     rank, world = _distributed_world()
     cls = get_method_class(spec.method)
-    if world > 1 and not getattr(cls, "supports_distributed", False):
+    if world > 1 and not cls.supports_distributed:
         raise MethodError(
             f"method {spec.method!r} keeps whole-training-set state (alternating/closed-form updates) and does not "
             f"support {world} data-parallel workers; set resources.num_workers: 1"
