@@ -101,7 +101,7 @@ from methods.losses.adih import (
     similarity_times,
 )
 from methods.nets import build_encoder
-from methods.registry import register_method
+from methods.registry import register_method, register_variant
 from pipeline.core.errors import MethodError
 
 log = logging.getLogger(__name__)
@@ -358,3 +358,9 @@ class ADIH(HashMethod):
         if modality not in self.nets:
             raise MethodError(f"adih: cannot encode modality {modality!r}; it has {list(self.mods)}")
         return self.nets[modality](batch[modality])
+
+
+# variants (listed by `hashbench list`; a suite names them like methods)
+register_variant('adih-i', 'adih', 'ADIH-I (paper 003): no incremental learning, the increment retrains on all data', incremental=False)
+register_variant('adih-r', 'adih', 'ADIH+R (paper 003): continuous relaxation of the code sub-problems', relax=True)
+register_variant('adih-b', 'adih', 'ADIH-B (paper 003): no bit balance', beta=0.0, mu=0.0)

@@ -64,7 +64,7 @@ from methods.losses.codebook import (
     sample_codebook,
 )
 from methods.nets import build_encoder
-from methods.registry import register_method
+from methods.registry import register_method, register_variant
 from pipeline.core.errors import MethodError
 
 log = logging.getLogger(__name__)
@@ -215,3 +215,8 @@ class CRH(HashMethod):
             v.copy_(saved[k])
         codes_t = torch.cat(codes)
         return torch.where(codes_t == 0, torch.ones_like(codes_t), codes_t), torch.cat(labels)
+
+
+# variants (listed by `hashbench list`; a suite names them like methods)
+register_variant('crh-u', 'crh', 'CRH-U ablation (CRH article, Table 2): fixed random centres, no reassignment', reassign=False)
+register_variant('crh-m', 'crh', 'CRH-M ablation (CRH article, Table 2): one head instead of the multi-head codebook', multi_head=False)

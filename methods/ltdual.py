@@ -63,7 +63,7 @@ from methods.base import DataInfo, HashMethod, MethodParams, TrainData
 from methods.losses.longtail import bce_quantization_loss, hash_proxy_loss, self_distillation_loss
 from methods.nets.dual_stream import DualStream, ZeroMeanHashLayer, build_trunk
 from methods.nets.encoders import SmallCNN, mlp
-from methods.registry import register_method
+from methods.registry import register_method, register_variant
 from pipeline.core.errors import MethodError
 
 log = logging.getLogger(__name__)
@@ -279,3 +279,10 @@ class LTDual(HashMethod):
         if modality != "image":
             raise MethodError(f"ltdual: encodes images only, not {modality!r}")
         return self.code(batch["image"])
+
+
+# variants (listed by `hashbench list`; a suite names them like methods)
+register_variant('ltdual-tiny', 'ltdual', "the dual stream scaled down for CPU runs (digits: no flips); not paper 004's network", size='tiny', hflip=False)
+register_variant('ltdual-alexnet', 'ltdual', 'backbone ablation (paper 004, Table 3): AlexNet', backbone='alexnet')
+register_variant('ltdual-resnet50', 'ltdual', 'backbone ablation (paper 004, Table 3): ResNet-50', backbone='resnet50')
+register_variant('ltdual-vgg16', 'ltdual', 'backbone ablation (paper 004, Table 3): VGG-16', backbone='vgg16')

@@ -110,7 +110,7 @@ from methods.losses.mfpmc import (
     solve_w,
 )
 from methods.nets.mfpmc_nets import IMFM_POOLS, TMFM_POOLS, ModalityDiscriminator, build_image_net, build_text_net, grad_reverse
-from methods.registry import register_method
+from methods.registry import register_method, register_variant
 from pipeline.core.errors import MethodError
 
 log = logging.getLogger(__name__)
@@ -308,3 +308,11 @@ class MFPMC(HashMethod):
         if modality == "text":
             return self.text_hash(self.text_net(batch["text"]))
         raise MethodError(f"mfpmc: cannot encode modality {modality!r}; it has 'image' and 'text'")
+
+
+# variants (listed by `hashbench list`; a suite names them like methods)
+register_variant('mfpmc-base', 'mfpmc', 'MFPMC ablation (paper 001, Table 5): Base = no IMFM, no TMFM, no LFPMC', imfm=False, tmfm=False, lfpmc=False)
+register_variant('mfpmc-imfm', 'mfpmc', 'MFPMC ablation (paper 001, Table 5): Base + IMFM', tmfm=False, lfpmc=False)
+register_variant('mfpmc-tmfm', 'mfpmc', 'MFPMC ablation (paper 001, Table 5): Base + TMFM', imfm=False, lfpmc=False)
+register_variant('mfpmc-imfm-tmfm', 'mfpmc', 'MFPMC ablation (paper 001, Table 5): Base + IMFM + TMFM', lfpmc=False)
+register_variant('mfpmc-lfpmc', 'mfpmc', 'MFPMC ablation (paper 001, Table 5): Base + LFPMC', imfm=False, tmfm=False)

@@ -1,4 +1,5 @@
-"""Method registry: ``@register_method`` on the class, plus one line in ``_MODULES``.
+"""Method registry: ``@register_method`` on the class, plus one line in ``_MODULES``; variants of a method are
+``register_variant(name, method, description, **params)`` next to it in its module.
 
 Modules are imported lazily the first time the registry is queried, so importing ``methods`` stays
 cheap and a broken method module fails with its own traceback only when the registry is used.
@@ -7,6 +8,7 @@ cheap and a broken method module fails with its own traceback only when the regi
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 from methods.base import DataInfo, HashMethod, MethodParams
@@ -26,7 +28,33 @@ _MODULES: tuple[str, ...] = (
 )
 
 _REGISTRY: dict[str, type[HashMethod]] = {}
+_VARIANTS: dict[str, "Variant"] = {}
 _loaded = False
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A named variant of a registered method (an ablation, a smaller backbone): parameter overrides
+    registered next to the method in its module; params.yaml may override them further."""
+
+    name: str
+    method: str
+    params: Mapping[str, Any]
+    description: str = ""
+
+
+def register_variant(name: str, method: str, description: str = "", **params: Any) -> Variant:
+    """Register variant ``name`` of ``method`` with parameter overrides ``params``."""
+    if name in _REGISTRY or (name in _VARIANTS and _VARIANTS[name].method != method):
+        raise MethodError(f"variant name {name!r} is already a method or a variant of another method")
+    _VARIANTS[name] = Variant(name, method, dict(params), description)
+    return _VARIANTS[name]
+
+
+def available_variants() -> dict[str, Variant]:
+    """Every variant registered in code, by name."""
+    _load()
+    return dict(sorted(_VARIANTS.items()))
 
 
 def register_method(cls: type[HashMethod]) -> type[HashMethod]:
@@ -46,6 +74,9 @@ def _load() -> None:
     for module in _MODULES:
         importlib.import_module(module)
     _loaded = True
+    bad = [v for v in _VARIANTS.values() if v.method not in _REGISTRY or set(v.params) - set(_REGISTRY[v.method].Params.model_fields)]
+    if bad:
+        raise MethodError(f"variant {bad[0].name!r}: method {bad[0].method!r} is not registered or has no parameters {sorted(set(bad[0].params))}")
 
 
 def available_methods() -> list[str]:

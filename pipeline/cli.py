@@ -263,12 +263,19 @@ def cmd_list(args) -> int:
     except HashBenchError as exc:
         print(f"(params not loaded: {exc})")
         return 0
-    variants = {n: b for n, b in params.methods.items() if (b or {}).get("method") not in (None, n)}
-    if variants:
-        print("variants (params.yaml methods.<name>.method):")
-        for n, b in variants.items():
-            changed = ", ".join(f"{k}={v}" for k, v in b.items() if k != "method")
-            print(f"  {n:16s} = {b['method']}" + (f" with {changed}" if changed else ""))
+    from methods.registry import available_variants
+
+    code = available_variants()
+    yaml_variants = {n: b for n, b in params.methods.items() if (b or {}).get("method") not in (None, n)}
+    names = sorted({*code, *yaml_variants, *(n for n in params.methods if n in code)})
+    if names:
+        print("variants (registered next to their method; params.yaml methods.<name> may add or override):")
+        for n in names:
+            impl = params.implementation(n)
+            changed = {**(dict(code[n].params) if n in code else {}), **{k: v for k, v in (params.methods.get(n) or {}).items() if k != "method"}}
+            where = "code" + (" + params.yaml" if n in params.methods else "") if n in code else "params.yaml"
+            text = ", ".join(f"{k}={v}" for k, v in changed.items())
+            print(f"  {n:16s} = {impl}" + (f" with {text}" if text else "") + f"  [{where}]" + (f"  {code[n].description}" if n in code and code[n].description else ""))
     print("suites:")
     for n, s in params.suites.items():
         print(f"  {n:24s} profile={s.profile} dataset={s.dataset} methods={','.join(s.methods)} bits={s.bits} seeds={s.seeds}")

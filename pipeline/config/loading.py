@@ -8,7 +8,7 @@ from typing import Any, Mapping
 
 import yaml
 
-from methods.registry import available_methods, get_method_class
+from methods.registry import available_methods, available_variants, get_method_class
 from pipeline.config.model import DEFAULT_PARAMS, EvalConfig, Params, deep_merge, validate_model
 from pipeline.config.spaces import check_spaces
 from pipeline.config.trials import method_params, trial_train
@@ -40,6 +40,7 @@ def check_params(params: Params) -> None:
 
     src = params.source
     known_methods = available_methods()
+    code_variants = available_variants()
     known_datasets = available_datasets()
     for name in params.datasets:
         if name not in known_datasets:
@@ -50,7 +51,7 @@ def check_params(params: Params) -> None:
             raise ConfigError(f"{src}: methods.{name}: expected a mapping of hyperparameters, got {block!r}")
         impl = (block or {}).get("method")
         if impl is None:
-            if name not in known_methods:
+            if name not in known_methods and name not in code_variants:
                 raise ConfigError(
                     f"{src}: methods.{name}: unknown method {name!r}; available: {', '.join(known_methods)} "
                     f"(a variant needs 'method: <one of these>')"
@@ -72,7 +73,7 @@ def check_params(params: Params) -> None:
         protocol = suite.protocol or spec.default_protocol
         if protocol not in spec.protocols:
             raise ConfigError(f"{where}.protocol: dataset {suite.dataset!r} has no protocol {protocol!r}; available: {', '.join(spec.protocols)}")
-        variants = [n for n, b in params.methods.items() if (b or {}).get("method") not in (None, n)]
+        variants = sorted({*code_variants, *(n for n, b in params.methods.items() if (b or {}).get("method") not in (None, n))})
         for i, m in enumerate(suite.methods):
             if m not in known_methods and m not in variants:
                 raise ConfigError(

@@ -31,6 +31,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from pipeline.core.errors import ConfigError
+from methods.registry import available_variants
 from pipeline.data.registry import get_dataset
 
 DEFAULT_PARAMS = "params.yaml"
@@ -263,8 +264,9 @@ class Params(_Strict):
     def implementation(self, name: str) -> str:
         """The registered method that method name ``name`` runs: ``name`` itself, or a variant's ``method``."""
         block = self.methods.get(name) or {}
-        impl = block.get("method", name) if isinstance(block, Mapping) else name
-        return impl if isinstance(impl, str) else name
+        default = available_variants()[name].method if name in available_variants() else name
+        impl = block.get("method", default) if isinstance(block, Mapping) else default
+        return impl if isinstance(impl, str) else default
 
     def suite(self, name: str) -> SuiteConfig:
         try:

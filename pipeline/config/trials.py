@@ -8,7 +8,7 @@ from typing import Any, Mapping
 
 import yaml
 
-from methods.registry import get_method_class
+from methods.registry import available_variants, get_method_class
 from pipeline.config.codehash import code_hash
 from pipeline.config.model import EvalConfig, IncrementalTrial, Params, TrainConfig, TrialSpec, deep_merge, validate_model
 from pipeline.core.errors import ConfigError
@@ -16,12 +16,15 @@ from pipeline.data.registry import get_dataset
 
 
 def method_block(params: Params, method: str) -> dict[str, Any]:
-    """The ``methods.<method>`` block as written, a variant's merged over its registered method's block
-    (without the ``method`` key)."""
+    """The ``methods.<method>`` block as written; for a variant: the registered method's block < the
+    variant's parameters registered in code (``register_variant``) < its own params.yaml block (without
+    the ``method`` key)."""
     impl = params.implementation(method)
     block = dict(params.methods.get(method) or {})
     if impl != method:
-        block = deep_merge(params.methods.get(impl) or {}, block)
+        code = available_variants().get(method)
+        base = deep_merge(params.methods.get(impl) or {}, dict(code.params) if code is not None and code.method == impl else {})
+        block = deep_merge(base, block)
     block.pop("method", None)
     return block
 

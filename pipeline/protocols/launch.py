@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from pipeline.config import ResourcesConfig, TrialSpec
+from pipeline.train import tracking
 from pipeline.train.executor import BodyResult, RunObserver, TrialBody, TrialContext, headline
 from pipeline.train.loop import TrialObserver
 
@@ -117,8 +118,6 @@ def warm_up(uri: str) -> float:
     import time
 
     import torch
-
-    from pipeline.train import tracking
 
     if uri in _WARM:
         return 0.0

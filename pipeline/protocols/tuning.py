@@ -372,9 +372,12 @@ def _close_children(uri: str, exp_id: str, parent: str, unfinished: set[str] | N
             c.set_tag(run.info.run_id, "hashbench.tune_status", "interrupted")
             if run.info.status == "RUNNING":
                 c.set_terminated(run.info.run_id, "KILLED")
-        elif run.info.status == "RUNNING" and run.info.run_id != parent:
+        elif run.info.run_id != parent and (
+            run.info.status == "RUNNING" or (run.info.status == "KILLED" and run.data.tags.get("hashbench.status") == "stopped" and "hashbench.tune_status" not in run.data.tags)
+        ):  # stopped by the scheduler (the executor closed it KILLED, or its actor ended first)
             c.set_tag(run.info.run_id, "hashbench.tune_status", "stopped_early")
-            c.set_terminated(run.info.run_id, "KILLED")
+            if run.info.status == "RUNNING":
+                c.set_terminated(run.info.run_id, "KILLED")
 
 
 def write_best(params: Params, dataset: str, method: str, bits: int, best: dict, metric: str, cfg, parent: str, search: str, n_trials: int) -> Path:
