@@ -305,3 +305,27 @@ def test_only_staging_of_dead_processes_on_this_host_is_removed(tmp_path):
     _tiny_prepared(out, version=1)  # the next prepare
     assert not any(p.exists() for p in ours_dead)
     assert all(p.exists() for p in kept)
+
+
+def test_a_lock_poisoned_before_this_fix_is_recovered_with_retrust(tmp_path, lock_file):
+    """The old code recorded a corrupt archive's hash; now its extraction is refused with the way out."""
+    good = _imagenette(tmp_path / "good").read_bytes()
+    corrupted = bytearray(good)
+    for i in range(64):
+        corrupted[len(good) // 2 + i] ^= 0xFF
+    raw, www = tmp_path / "raw", tmp_path / "www"
+    raw.mkdir()
+    www.mkdir()
+    (raw / "imagenette2-160.tgz").write_bytes(bytes(corrupted))
+    dl.ChecksumLock(lock_file).record("imagenette", "imagenette2-160.tgz", sha256=hashlib.sha256(corrupted).hexdigest(),
+                                      size=len(corrupted), url=None, warn=False)
+    (www / "imagenette2-160.tgz").write_bytes(good)
+    spec = get_dataset("imagenette")
+    with RangeServer(www) as srv:
+        params = spec.Params(variant="160", mirror=srv.url)
+        with pytest.raises(DataError, match="entry itself is suspect.*--retrust"):
+            spec.fetch(params, raw)
+        (raw / "imagenette2-160.tgz").unlink()
+        with dl.retrusting("imagenette"):
+            spec.fetch(params, raw)
+    assert json.loads(lock_file.read_text())["files"]["imagenette/imagenette2-160.tgz"]["sha256"] == hashlib.sha256(good).hexdigest()

@@ -37,6 +37,7 @@ from pipeline.core.errors import DataError
 log = logging.getLogger(__name__)
 
 STAMP = ".hashbench-extracted.json"
+VALIDATION = "members, sizes and stream checked"
 _DRIVE = re.compile(r"^[A-Za-z]:")
 
 
@@ -200,7 +201,8 @@ def extract_archive(archive: Path, dest_dir: Path, *, root: str | None = None, s
     """
     archive, dest_dir = Path(archive), Path(dest_dir)
     target = dest_dir / (root or archive_stem(archive))
-    stamp = {"archive": archive.name, "sha256": sha256}
+    # "validated": extracted with the complete checks above; a folder stamped before them is extracted again
+    stamp = {"archive": archive.name, "sha256": sha256, "validated": VALIDATION}
     if target.is_dir():
         try:
             old = json.loads((target / STAMP).read_text())

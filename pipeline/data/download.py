@@ -499,8 +499,12 @@ def fetch_archive(rf: RemoteFile, raw_dir: Path, dataset: str, *, root: str | No
             again = (f"run `hashbench fetch {dataset}` again to download it afresh from {rf.url}" if rf.url
                      else f"place a good copy at {path} and run `hashbench fetch {dataset}` again")
             raise type(exc)(f"{exc}. It was refused: moved aside to {bad}, its sha256 not recorded in {lock.path}; {again}.") from None
-        where = "published" if rf.sha256 or rf.md5 else f"locked in {lock.path}"
-        raise type(exc)(f"{exc}. Yet its checksum matches the one {where}. {_retrust_hint(dataset, rf.name, lock)}") from None
+        if rf.sha256 or rf.md5:
+            raise type(exc)(f"{exc}. Yet it matches the checksum its source publishes: the official archive itself cannot be "
+                            f"extracted here; please report this as a HashBench bug.") from None
+        raise type(exc)(f"{exc}. Yet it matches the sha256 locked in {lock.path}, so that entry itself is suspect: delete "
+                        f"{path}, then run `hashbench fetch {dataset} --retrust` to fetch a good copy and record its sha256 once "
+                        f"it has been validated completely.") from None
 
 
 def manual_placement_error(dataset: str, raw_dir: Path, files: Sequence[RemoteFile], *, hint: str = "",
