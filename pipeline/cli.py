@@ -35,13 +35,17 @@ def _paths(args):
 
 
 def cmd_fetch(args) -> int:
+    from contextlib import nullcontext
+
+    from pipeline.data.download import retrusting
     from pipeline.data.registry import get_dataset
 
     params, paths = _params(args), _paths(args)
     for name in _dataset_names(args, params):
         spec = get_dataset(name)
         log.info("fetch %s -> %s", name, paths.raw(name))
-        spec.fetch(params.dataset_params(name), paths.raw(name))
+        with retrusting(name) if args.retrust else nullcontext():
+            spec.fetch(params.dataset_params(name), paths.raw(name))
     return 0
 
 
@@ -309,6 +313,9 @@ def build_parser() -> argparse.ArgumentParser:
     f = sub.add_parser("fetch", help="download (or verify embedded) raw files of datasets")
     f.add_argument("datasets", nargs="*")
     f.add_argument("--all", action="store_true", help="every dataset configured in params")
+    f.add_argument("--retrust", action="store_true",
+                   help="replace the datasets' trust-on-first-use entries in the checksum lock with the hashes of the files "
+                        "fetched now, once they are validated completely (after checking that the source published a new version)")
     f.set_defaults(func=cmd_fetch)
 
     pr = sub.add_parser("prepare", help="turn raw files into the prepared format with the protocol splits")

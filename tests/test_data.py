@@ -120,4 +120,4 @@ def test_interrupted_write_keeps_previous_version(tmp_path, monkeypatch):
     with pytest.raises(DataError):
         write_prepared(out, modalities={"image": ModalityData("features", np.ones((5, 3)))}, **kw)  # wrong row count
     assert (out / "manifest.json").read_text() == before
-    assert [p.name for p in tmp_path.iterdir()] == ["ds"]  # no temp folder left behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".ds.verified.json", "ds"]  # no temp folder left behind (only the digest cache)

@@ -94,6 +94,8 @@ def test_tofu_lock_records_then_verifies_and_mismatch_moves_file_aside(served, t
     with RangeServer(root) as srv:
         rf = RemoteFile("blob.bin", f"{srv.url}/blob.bin")
         sha = fetch_file(rf, raw, "toy", lock=lock)
+        assert lock.get("toy", "blob.bin") is None  # pending: trusted only when the whole fetch completes
+        dl.record_fetch(raw, "toy", {"blob.bin": sha}, source="test")
         entry = lock.get("toy", "blob.bin")
         assert entry["sha256"] == sha and entry["origin"] == "first-use" and entry["size"] == len(payload)
         # present and verified: no network needed
@@ -106,7 +108,7 @@ def test_tofu_lock_records_then_verifies_and_mismatch_moves_file_aside(served, t
         with pytest.raises(ChecksumMismatch) as err:
             fetch_file(rf, raw, "toy", lock=lock)
     msg = str(err.value)
-    assert "blob.bin" in msg and sha in msg and "moved aside" in msg and "fetch toy" in msg
+    assert "blob.bin" in msg and sha in msg and "moved aside" in msg and "fetch toy" in msg and "hashbench fetch toy --retrust" in msg
     assert not (raw / "blob.bin").exists() and (raw / "blob.bin.bad").is_file()
 
 
@@ -117,6 +119,7 @@ def test_corrupted_local_file_is_moved_aside_and_downloaded_again(served, tmp_pa
     with RangeServer(root) as srv:
         rf = RemoteFile("blob.bin", f"{srv.url}/blob.bin")
         sha = fetch_file(rf, raw, "toy", lock=lock)
+        dl.record_fetch(raw, "toy", {"blob.bin": sha}, source="test")
         with open(raw / "blob.bin", "r+b") as f:
             f.write(b"XXXX")
         assert fetch_file(rf, raw, "toy", lock=lock) == sha

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -35,10 +36,25 @@ def load_params(path: str | Path = DEFAULT_PARAMS, overrides: Mapping[str, Any] 
     return params
 
 
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+SAFE_NAME_RULE = "1-100 characters from A-Z a-z 0-9 _ . -, starting with a letter or a digit"
+
+
+def check_name(name: Any, where: str) -> None:
+    """Raise a :class:`ConfigError` at ``where`` unless ``name`` is a safe name (:data:`SAFE_NAME`):
+    names become file and folder names, MLflow experiment names and DVC stage names (``bench@<suite>``),
+    so a ``/`` would write a nested path and a space or a quote breaks shell commands."""
+    if not isinstance(name, str) or not SAFE_NAME.fullmatch(name):
+        raise ConfigError(f"{where}: the name {name!r} is not allowed: use {SAFE_NAME_RULE}")
+
+
 def check_params(params: Params) -> None:
-    """Cross-field checks: every name refers to something registered and compatible."""
+    """Cross-field checks: names are safe, every name refers to something registered and compatible."""
 
     src = params.source
+    for section in ("datasets", "methods", "suites", "profiles"):
+        for name in getattr(params, section):
+            check_name(name, f"{src}: {section}.{name}")
     known_methods = available_methods()
     code_variants = available_variants()
     known_datasets = available_datasets()

@@ -5,7 +5,13 @@
   extracted with tarfile's ``filter="data"`` (PEP 706); zip members are checked by hand because
   :mod:`zipfile` silently rewrites such names instead of refusing them.
 * Extraction goes to a temporary folder inside the raw folder and is renamed into place at the end,
-  so an interrupted extraction never leaves a folder that looks complete. The final folder carries a
+  so an interrupted extraction never leaves a folder that looks complete.
+* An archive is accepted only when it was read completely and matches its own index: a tar's member
+  list must end at the end-of-archive marker (tarfile quietly stops at a corrupt or truncated header)
+  and the compressed stream is read to its end (gzip / bzip2 / xz CRC and length); a zip member's
+  CRC-32 is checked as it is extracted; then every regular member must be on disk with the size its
+  header records. Every read or extraction error raises :class:`~pipeline.core.errors.DataError`
+  (tarfile's ``errorlevel=2``); none is logged and skipped. The final folder carries a
   stamp (``.hashbench-extracted.json``: archive name and sha256); a folder whose stamp matches the
   archive is reused, so extraction happens once.
 """
@@ -14,20 +20,24 @@ from __future__ import annotations
 
 import json
 import logging
+import lzma
 import os
 import re
 import shutil
 import stat
 import tarfile
 import zipfile
+import zlib
 from pathlib import Path, PurePosixPath
 from typing import Iterator
 
+from pipeline.data.staging import remove_stale, staging_path
 from pipeline.core.errors import DataError
 
 log = logging.getLogger(__name__)
 
 STAMP = ".hashbench-extracted.json"
+VALIDATION = "members, sizes and stream checked"
 _DRIVE = re.compile(r"^[A-Za-z]:")
 
 
@@ -80,29 +90,83 @@ def _escapes(p: PurePosixPath) -> bool:
     return False
 
 
+class _WatchedTarInfo(tarfile.TarInfo):
+    """Remembers on the TarFile why the header after the last member was not a member: tarfile ends
+    the member list quietly at a corrupt, truncated or missing header, exactly as at the end-of-archive
+    marker, so without this a damaged archive extracts a prefix of its members without an error."""
+
+    @classmethod
+    def fromtarfile(cls, tarfile_):
+        try:
+            return super().fromtarfile(tarfile_)
+        except tarfile.HeaderError as exc:
+            tarfile_.hashbench_end = exc
+            raise
+
+
+def _corrupt(archive: Path, what: str) -> DataError:
+    return DataError(f"{archive}: {what}; the archive is corrupt or truncated")
+
+
+def _check_tar_end(archive: Path, tf: tarfile.TarFile) -> None:
+    """The member list ended at the end-of-archive marker, and everything after it is zero padding
+    read to the end of the (compressed) stream, which checks the gzip/bzip2/xz CRC and length."""
+    end = getattr(tf, "hashbench_end", None)
+    if not isinstance(end, tarfile.EOFHeaderError):
+        why = {tarfile.InvalidHeaderError: "a corrupt member header", tarfile.TruncatedHeaderError: "a truncated member header",
+               tarfile.EmptyHeaderError: "the end of the file without the end-of-archive marker"}.get(type(end), f"{end!r}")
+        raise _corrupt(archive, f"the member list stops at byte {tf.offset} at {why}")
+    while block := tf.fileobj.read(1 << 20):
+        if block.count(0) != len(block):
+            raise _corrupt(archive, f"non-zero data after the end-of-archive marker at byte {tf.offset}")
+
+
+def _check_extracted_sizes(archive: Path, tmp: Path, sizes: dict[str, int]) -> None:
+    """Every regular member of the archive's own index is on disk with its recorded size."""
+    for name, size in sizes.items():
+        path = tmp / name
+        try:
+            got = path.stat().st_size
+        except FileNotFoundError:
+            raise _corrupt(archive, f"member {name!r} was not extracted") from None
+        if got != size:
+            raise _corrupt(archive, f"member {name!r} extracted {got} bytes, its header says {size}")
+
+
 def _extract_tar(archive: Path, tmp: Path) -> int:
     from tqdm import tqdm
 
+    sizes: dict[str, int] = {}
     n = 0
     try:
-        with tarfile.open(archive, "r:*") as tf, tqdm(desc=f"extract {archive.name}", unit="file", leave=False) as bar:
+        # errorlevel 2: every extraction error raises (tarfile's default logs some and goes on)
+        with tarfile.open(archive, "r:*", tarinfo=_WatchedTarInfo, errorlevel=2) as tf, \
+                tqdm(desc=f"extract {archive.name}", unit="file", leave=False) as bar:
             def counted():
                 nonlocal n
                 for m in _checked_tar_members(archive, tf):
                     n += 1
+                    rel = str(check_member_name(archive, m.name))
+                    sizes.pop(rel, None)  # a later entry of the same name replaces the earlier one
+                    if m.isreg():
+                        sizes[rel] = m.size
                     bar.update()
                     yield m
             tf.extractall(tmp, members=counted(), filter="data")
+            _check_tar_end(archive, tf)
     except tarfile.FilterError as exc:
         raise UnsafeArchive(f"{archive}: {exc}; refusing to extract this archive (it may be malicious or corrupt)") from None
-    except (tarfile.TarError, EOFError, OSError) as exc:
-        if isinstance(exc, UnsafeArchive):
-            raise
-        raise DataError(f"{archive}: cannot be read as a tar archive ({exc}); it is corrupt or truncated: delete it and fetch again") from None
+    except DataError:
+        raise
+    except (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError) as exc:
+        raise _corrupt(archive, f"cannot be read as a tar archive ({type(exc).__name__}: {exc})") from None
+    _check_extracted_sizes(archive, tmp, sizes)
     return n
 
 
 def _extract_zip(archive: Path, tmp: Path) -> int:
+    from tqdm import tqdm
+
     try:
         with zipfile.ZipFile(archive) as zf:
             infos = zf.infolist()
@@ -112,15 +176,19 @@ def _extract_zip(archive: Path, tmp: Path) -> int:
                 if stat.S_ISLNK(mode):
                     raise UnsafeArchive(f"{archive}: member {info.filename!r} is a symbolic link; refusing to extract")
             root = tmp.resolve()
-            from tqdm import tqdm
-
+            sizes = {}
             for info in tqdm(infos, desc=f"extract {archive.name}", unit="file", leave=False):
-                out = Path(zf.extract(info, tmp)).resolve()
+                out = Path(zf.extract(info, tmp)).resolve()  # reads each member to its end: checks its CRC-32
                 if root not in out.parents and out != root:
                     raise UnsafeArchive(f"{archive}: member {info.filename!r} was written outside {tmp}; refusing")
-            return len(infos)
-    except zipfile.BadZipFile as exc:
-        raise DataError(f"{archive}: cannot be read as a zip archive ({exc}); it is corrupt or truncated: delete it and fetch again") from None
+                if not info.is_dir():
+                    sizes[str(out.relative_to(root))] = info.file_size
+    except DataError:
+        raise
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, zlib.error, lzma.LZMAError, NotImplementedError) as exc:
+        raise _corrupt(archive, f"cannot be read as a zip archive ({type(exc).__name__}: {exc})") from None
+    _check_extracted_sizes(archive, tmp, sizes)
+    return len(infos)
 
 
 def extract_archive(archive: Path, dest_dir: Path, *, root: str | None = None, sha256: str = "") -> Path:
@@ -133,7 +201,8 @@ def extract_archive(archive: Path, dest_dir: Path, *, root: str | None = None, s
     """
     archive, dest_dir = Path(archive), Path(dest_dir)
     target = dest_dir / (root or archive_stem(archive))
-    stamp = {"archive": archive.name, "sha256": sha256}
+    # "validated": extracted with the complete checks above; a folder stamped before them is extracted again
+    stamp = {"archive": archive.name, "sha256": sha256, "validated": VALIDATION}
     if target.is_dir():
         try:
             old = json.loads((target / STAMP).read_text())
@@ -147,9 +216,8 @@ def extract_archive(archive: Path, dest_dir: Path, *, root: str | None = None, s
                 f"move or delete it and run fetch again"
             )
         log.info("%s: extracted from another version of %s; extracting again", target, archive.name)
-    tmp = dest_dir / f".extract-{archive.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    remove_stale(target, mine=("extract",))
+    tmp = staging_path(target, "extract")
     tmp.mkdir(parents=True)
     try:
         name = archive.name.lower()

@@ -41,8 +41,8 @@ import numpy as np
 import scipy.sparse as sp
 from pydantic import Field
 
-from pipeline.data.archives import check_extracted, extract_archive
-from pipeline.data.download import RemoteFile, fetch_file, read_verified_record, record_fetch
+from pipeline.data.archives import check_extracted
+from pipeline.data.download import RemoteFile, fetch_archive, read_verified_record, record_fetch
 from pipeline.data.formats import ModalityData, write_prepared
 from pipeline.data.images import ImageDatasetParams, pixel_memmap
 from pipeline.data.longtail import derive_seed
@@ -121,8 +121,7 @@ class Coco(DatasetSpec):
         files = {}
         for rf in FILES:
             rf = rf.with_mirror(params.mirror)
-            files[rf.name] = fetch_file(rf, raw_dir, self.name, manual_hint="COCO 2014 downloads: https://cocodataset.org/#download")
-            extract_archive(raw_dir / rf.name, raw_dir, root=ROOTS[rf.name], sha256=files[rf.name])
+            files[rf.name], _ = fetch_archive(rf, raw_dir, self.name, root=ROOTS[rf.name], manual_hint="COCO 2014 downloads: https://cocodataset.org/#download")
         for part in PARTS:
             for kind in ("instances", "captions"):
                 if not (raw_dir / "annotations" / f"{kind}_{part}.json").is_file():

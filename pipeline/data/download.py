@@ -13,6 +13,15 @@ publishes, if any. :func:`fetch_file` makes the file present and verified:
   committed lock file ``pipeline/data/checksums.lock.json`` at the first download (trust on first
   use), checked on every later fetch. A mismatch moves the file aside to ``<name>.bad`` (it is never
   used) and raises a :class:`~pipeline.core.errors.DataError` naming the file, both hashes and what to do.
+* trust is recorded last: a file with nothing to compare against is only *pending* trust until the
+  dataset's fetch has extracted and validated everything (:func:`fetch_archive`, the layout checks)
+  and writes its fetch record (:func:`record_fetch`); only then do its hashes enter the lock. A
+  truncated, corrupt or malicious archive is refused before that, moved aside, and leaves the lock as
+  it was, so the good archive fetched next is accepted, not rejected as a mismatch.
+* re-trusting on purpose (the source really published a new version): ``hashbench fetch <dataset>
+  --retrust`` (:func:`retrusting`) ignores the dataset's lock entries for that fetch and replaces them
+  with the new hashes once the fetch completes; published checksums are still enforced. Deleting the
+  entry ``"<dataset>/<file>"`` from the lock file does the same for one file.
 
 Hashing a 13 GB archive takes a minute, so verified digests are cached in
 ``data/raw/<dataset>/.hashbench-verified.json`` keyed by (size, mtime): a file that has not changed
@@ -28,10 +37,12 @@ import logging
 import os
 import re
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, Iterator, Mapping, Sequence
 
+from pipeline.data.archives import extract_archive
 from pipeline.data.fetching import FETCH_RECORD, write_fetch_record
 from pipeline.core.errors import DataError
 
@@ -183,6 +194,56 @@ class ChecksumLock:
         )
 
 
+# -- trust recorded last ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Pending:
+    lock: ChecksumLock
+    sha256: str
+    size: int
+    url: str | None
+    origin: str
+    warn: bool
+
+
+_PENDING: dict[tuple[str, str], _Pending] = {}  # (dataset, file name) -> verified but not yet trusted
+_RETRUST: set[str] = set()  # datasets whose lock entries this fetch replaces (``fetch --retrust``)
+
+
+@contextmanager
+def retrusting(dataset: str) -> Iterator[None]:
+    """Within the block, ``dataset``'s lock entries are not checked; the fetch's :func:`record_fetch`
+    replaces them with the hashes of the files it validated. A fetch that fails changes nothing."""
+    _RETRUST.add(dataset)
+    try:
+        yield
+    finally:
+        _RETRUST.discard(dataset)
+        for key in [k for k in _PENDING if k[0] == dataset]:
+            del _PENDING[key]
+
+
+def is_pending(dataset: str, name: str) -> bool:
+    """Whether ``dataset/name`` was verified by nothing but its own hash so far (its trust not recorded)."""
+    return (dataset, name) in _PENDING
+
+
+def commit_trust(dataset: str, files: Mapping[str, str]) -> None:
+    """Record in the lock the pending first-use hashes of ``files`` ({name: sha256}), now that the
+    dataset's fetch has validated them completely."""
+    for name, sha in files.items():
+        pending = _PENDING.pop((dataset, name), None)
+        if pending is not None and pending.sha256 == sha:
+            pending.lock.record(dataset, name, sha256=sha, size=pending.size, url=pending.url, origin=pending.origin, warn=pending.warn)
+
+
+def _retrust_hint(dataset: str, name: str, lock: ChecksumLock) -> str:
+    return (f"If you have checked that the source really published a new version, re-trust it on purpose: "
+            f"`hashbench fetch {dataset} --retrust` records the new sha256 in {lock.path} once the file has been "
+            f"fetched and validated completely (or delete the entry \"{dataset}/{name}\" from that file).")
+
+
 # -- verification -----------------------------------------------------------------------------------
 
 
@@ -201,14 +262,18 @@ def move_aside(path: Path) -> Path:
 def verify_file(path: Path, rf: RemoteFile, dataset: str, lock: ChecksumLock | None = None, *, record: bool = True, warn: bool = True) -> str:
     """Verify ``path`` against the published checksums of ``rf`` and the lock; return its sha256.
 
-    With nothing to compare against, the sha256 is recorded in the lock (trust on first use) when
-    ``record``. On a mismatch the file is moved to ``*.bad`` and :class:`ChecksumMismatch` is raised.
+    With nothing to compare against (or under :func:`retrusting`), the sha256 becomes *pending* trust
+    when ``record``: :func:`record_fetch` (the end of a complete, validated fetch) writes it to the
+    lock. On a mismatch the file is moved to ``*.bad`` and :class:`ChecksumMismatch` is raised.
     """
     lock = lock or ChecksumLock()
     path = Path(path)
     size = path.stat().st_size
     sha, md5 = cached_digests(path)
     entry = lock.get(dataset, rf.name)
+    retrust = dataset in _RETRUST and entry is not None and entry.get("origin") != "published"
+    if retrust:
+        entry = None
     checks = []
     if rf.sha256:
         checks.append(("sha256", rf.sha256.lower(), sha, "published"))
@@ -224,14 +289,17 @@ def verify_file(path: Path, rf: RemoteFile, dataset: str, lock: ChecksumLock | N
             sizes = f" Size: {size} bytes, published {rf.size}." if rf.size is not None and size != rf.size else ""
             if algo == "size":  # name both hashes as well: the published one is the md5/sha256
                 algo, expected, got = ("sha256", rf.sha256, sha) if rf.sha256 else ("md5", rf.md5, md5) if rf.md5 else ("size", expected, got)
+            how = (_retrust_hint(dataset, rf.name, lock) if origin.startswith("locked") else
+                   "The published checksum is part of HashBench's code; a new upstream version needs a code change.")
             raise ChecksumMismatch(
                 f"{path}: {algo} mismatch for {dataset}/{rf.name}: expected {expected} ({origin}), got {got}.{sizes} "
-                f"The file was moved aside to {bad} and will not be used. {_what_to_do(dataset, rf, path)} "
-                f"If the source really published a new version, update the entry in {lock.path} after checking it."
+                f"The file was moved aside to {bad} and will not be used. {_what_to_do(dataset, rf, path)} {how}"
             )
     if not (entry and entry.get("sha256")) and record:
         origin = "published" if rf.sha256 else ("first-use (md5 matched the published md5)" if rf.md5 else "first-use")
-        lock.record(dataset, rf.name, sha256=sha, size=size, url=rf.url, origin=origin, warn=warn)
+        if retrust:
+            origin += ", re-trusted (fetch --retrust)"
+        _PENDING[(dataset, rf.name)] = _Pending(lock, sha, size, rf.url, origin, warn)
     return sha
 
 
@@ -410,6 +478,35 @@ def fetch_file(rf: RemoteFile, raw_dir: Path, dataset: str, *, lock: ChecksumLoc
     return verify_file(path, rf, dataset, lock)
 
 
+def fetch_archive(rf: RemoteFile, raw_dir: Path, dataset: str, *, root: str | None = None, lock: ChecksumLock | None = None,
+                  settings: DownloadSettings | None = None, manual_hint: str = "") -> tuple[str, Path]:
+    """:func:`fetch_file` then :func:`~pipeline.data.archives.extract_archive`; return (sha256, extracted folder).
+
+    An archive that cannot be extracted completely and validated (corrupt, truncated, unsafe) and
+    whose hash nothing vouches for yet (pending trust) is moved aside to ``*.bad``, so the next fetch
+    downloads it afresh; its hash never enters the lock. When the refused archive's hash *is* locked,
+    the lock entry itself is suspect, and the message says how to re-trust.
+    """
+    lock = lock or ChecksumLock()
+    sha = fetch_file(rf, raw_dir, dataset, lock=lock, settings=settings, manual_hint=manual_hint)
+    path = Path(raw_dir) / rf.name
+    try:
+        return sha, extract_archive(path, raw_dir, root=root, sha256=sha)
+    except DataError as exc:
+        if is_pending(dataset, rf.name):
+            del _PENDING[(dataset, rf.name)]
+            bad = move_aside(path)
+            again = (f"run `hashbench fetch {dataset}` again to download it afresh from {rf.url}" if rf.url
+                     else f"place a good copy at {path} and run `hashbench fetch {dataset}` again")
+            raise type(exc)(f"{exc}. It was refused: moved aside to {bad}, its sha256 not recorded in {lock.path}; {again}.") from None
+        if rf.sha256 or rf.md5:
+            raise type(exc)(f"{exc}. Yet it matches the checksum its source publishes: the official archive itself cannot be "
+                            f"extracted here; please report this as a HashBench bug.") from None
+        raise type(exc)(f"{exc}. Yet it matches the sha256 locked in {lock.path}, so that entry itself is suspect: delete "
+                        f"{path}, then run `hashbench fetch {dataset} --retrust` to fetch a good copy and record its sha256 once "
+                        f"it has been validated completely.") from None
+
+
 def manual_placement_error(dataset: str, raw_dir: Path, files: Sequence[RemoteFile], *, hint: str = "",
                            found: Iterable[str] = ()) -> DataError:
     """One clear message: which files to place where, and what to run afterwards."""
@@ -427,7 +524,9 @@ def manual_placement_error(dataset: str, raw_dir: Path, files: Sequence[RemoteFi
 
 
 def record_fetch(raw_dir: Path, dataset: str, files: Mapping[str, str], source: str) -> None:
-    """Write FETCH.json (what prepare reads first) listing the verified files and their sha256."""
+    """The end of a complete, validated fetch: record the pending first-use hashes of ``files`` in the
+    lock, then write FETCH.json (what prepare reads first) listing the files and their sha256."""
+    commit_trust(dataset, files)
     write_fetch_record(raw_dir, dataset, files, source)
 
 

@@ -10,13 +10,24 @@ One directory per dataset::
     splits/<protocol>.npz  query / train / database int64 index arrays
 
 The writer builds everything in a temporary sibling folder and renames it into place, so an
-interrupted prepare never leaves a folder that looks complete and never damages the previous one.
+interrupted prepare never leaves a folder that looks complete and never damages the previous one; the
+next prepare removes the siblings a killed one left behind (:mod:`pipeline.data.staging`).
+
+Before training, :meth:`PreparedDataset.check` verifies the folder against its manifest: every listed
+file present with its recorded size, every ``.npy`` header with the manifest's shape and dtype and a
+file long enough for them, and the sha256 of every file. A full hash of NUS-WIDE's 30 GB of pixels
+takes a minute, so verified digests are cached in a small file beside the folder
+(``.<dataset>.verified.json``) keyed by (size, mtime, ctime, inode, device): an unchanged file is not
+hashed again; a file written since (its mtime and ctime change) is hashed again and refused on a
+mismatch. ``verify()`` hashes everything regardless of the cache.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import math
 import os
 import shutil
 from dataclasses import dataclass
@@ -29,7 +40,10 @@ import scipy.sparse as sp
 
 from pipeline.core.types import DataInfo, ModalitySpec
 from pipeline.data.splits import Split
+from pipeline.data.staging import remove_stale, staging_path
 from pipeline.core.errors import DataError
+
+log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -71,9 +85,8 @@ def write_prepared(
     n = labels.shape[0]
     if labels.ndim != 2 or labels.shape[1] != len(label_names):
         raise DataError(f"{dataset}: labels must be (N, {len(label_names)}), got {labels.shape}")
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    remove_stale(out_dir, mine=("tmp", "old"))
+    tmp = staging_path(out_dir, "tmp")
     (tmp / "splits").mkdir(parents=True)
     try:
         files: dict[str, str] = {}
@@ -125,11 +138,12 @@ def write_prepared(
             "modalities": mod_meta,
             "protocols": protocols,
             "checksums": {f: sha256_file(tmp / f) for f in files},
+            "sizes": {f: (tmp / f).stat().st_size for f in files},
             "sources": dict(sources),
             "params": dict(params),
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+        old = staging_path(out_dir, "old")
         if out_dir.exists():
             out_dir.rename(old)
         tmp.rename(out_dir)
@@ -138,7 +152,55 @@ def write_prepared(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    VerifiedCache(out_dir).remember_all(manifest["checksums"])  # hashed just now: the first trial need not hash again
     return out_dir
+
+
+class VerifiedCache:
+    """sha256 digests of a prepared folder's files that matched its manifest, keyed by what changes when
+    a file is written: (size, mtime_ns, ctime_ns, inode, device). Stored beside the folder (not inside:
+    the folder is a DVC output, and a file added to it after prepare would make DVC rerun the stage).
+    The cache only lets an unchanged file skip rehashing; a miss or an unreadable cache means hashing."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.path = self.root.with_name(f".{self.root.name}.verified.json")
+        try:
+            self.entries: dict[str, dict] = json.loads(self.path.read_text()).get("files", {})
+        except (OSError, ValueError, AttributeError):
+            self.entries = {}
+        self.dirty = False
+
+    @staticmethod
+    def _key(st: os.stat_result) -> list[int]:
+        return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev]
+
+    def verified(self, name: str, st: os.stat_result, sha256: str) -> bool:
+        """Whether ``name`` with this stat was hashed to ``sha256`` before."""
+        hit = self.entries.get(name)
+        return isinstance(hit, dict) and hit.get("stat") == self._key(st) and hit.get("sha256") == sha256
+
+    def remember(self, name: str, st: os.stat_result, sha256: str) -> None:
+        self.entries[name] = {"stat": self._key(st), "sha256": sha256}
+        self.dirty = True
+
+    def remember_all(self, checksums: Mapping[str, str]) -> None:
+        self.entries = {}
+        for name, sha in checksums.items():
+            self.remember(name, (self.root / name).stat(), sha)
+        self.save()
+
+    def save(self) -> None:
+        if not self.dirty:
+            return
+        tmp = staging_path(self.path, "tmp")
+        try:
+            tmp.write_text(json.dumps({"root": str(self.root), "files": self.entries}, indent=1, sort_keys=True) + "\n")
+            os.replace(tmp, self.path)
+        except OSError as exc:  # a read-only shared folder: verification still works, only uncached
+            tmp.unlink(missing_ok=True)
+            log.debug("%s: cannot write the verified-digest cache (%s)", self.path, exc)
+        self.dirty = False
 
 
 class PreparedDataset:
@@ -168,12 +230,67 @@ class PreparedDataset:
     def manifest_sha256(self) -> str:
         return sha256_file(self.root / MANIFEST)
 
-    def verify(self) -> None:
-        """Check every array against the manifest's sha256; raise naming the first bad file."""
-        for f, expected in self.manifest["checksums"].items():
-            got = sha256_file(self.root / f)
-            if got != expected:
-                raise DataError(f"{self.root / f}: sha256 {got} does not match the manifest ({expected}); prepare the dataset again")
+    def check(self) -> str:
+        """Verify the folder against its manifest before training (:meth:`verify` with the digest cache:
+        milliseconds when nothing changed) and return the manifest's sha256, which identifies the data
+        a trial trains on. Raises :class:`DataError` naming the first bad file and what mismatched."""
+        self.verify(quick=True)
+        return self.manifest_sha256
+
+    def verify(self, quick: bool = False) -> None:
+        """Check every listed file: its size, the shape and dtype in an ``.npy`` header, and its sha256
+        against the manifest. ``quick``: skip hashing a file whose (size, mtime, ctime, inode) match a
+        digest verified earlier (:class:`VerifiedCache`); otherwise every file is hashed."""
+        cache = VerifiedCache(self.root) if quick else None
+        sizes = self.manifest.get("sizes", {})  # absent in folders prepared before sizes were recorded
+        again = f"prepare the dataset again (`hashbench prepare {self.name}`)"
+        try:
+            for f, expected in self.manifest["checksums"].items():
+                path = self.root / f
+                try:
+                    st = path.stat()
+                except FileNotFoundError:
+                    raise DataError(f"{path}: listed in the manifest but missing; {again}") from None
+                if f in sizes and st.st_size != sizes[f]:
+                    raise DataError(f"{path}: {st.st_size} bytes, the manifest records {sizes[f]}: the file was truncated or changed; {again}")
+                if f.endswith(".npy"):
+                    self._check_npy(f, path, st.st_size, again)
+                if cache is not None and cache.verified(f, st, expected):
+                    continue
+                got = sha256_file(path)
+                if got != expected:
+                    raise DataError(f"{path}: sha256 {got} does not match the manifest ({expected}): the file is corrupt or was changed; {again}")
+                if cache is not None:
+                    cache.remember(f, st, got)
+        finally:
+            if cache is not None:
+                cache.save()
+
+    def _expected_array(self, f: str) -> tuple[tuple[int, ...], str] | None:
+        n = self.manifest["n_items"]
+        if f == "labels.npy":
+            return (n, self.manifest["n_classes"]), "uint8"
+        for meta in self.manifest["modalities"].values():
+            if meta["file"] == f:
+                return (n, *meta["shape"]), meta["dtype"]
+        return None
+
+    def _check_npy(self, f: str, path: Path, size: int, again: str) -> None:
+        """The ``.npy`` header's shape and dtype against the manifest, and the file's length against them."""
+        try:
+            with open(path, "rb") as fh:
+                version = np.lib.format.read_magic(fh)
+                read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                shape, _, dtype = read(fh)
+                offset = fh.tell()
+        except (ValueError, OSError) as exc:
+            raise DataError(f"{path}: not a readable .npy file ({exc}); {again}") from None
+        want = self._expected_array(f)
+        if want is not None and (tuple(shape) != want[0] or str(dtype) != want[1]):
+            raise DataError(f"{path}: array {tuple(shape)} {dtype}, the manifest says {want[0]} {want[1]}; {again}")
+        need = offset + math.prod(shape) * dtype.itemsize
+        if size != need:
+            raise DataError(f"{path}: {size} bytes, its header {tuple(shape)} {dtype} needs {need}: the file was truncated or changed; {again}")
 
     @cached_property
     def labels(self) -> np.ndarray:

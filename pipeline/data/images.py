@@ -35,6 +35,7 @@ import numpy as np
 from pydantic import Field
 
 from pipeline.data.registry import DatasetParams
+from pipeline.data.staging import remove_stale, staging_path
 from pipeline.core.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -154,10 +155,12 @@ def decode_to_memmap(
 
 
 def scratch_pixels_path(out_dir: Path, modality: str = "image") -> Path:
-    """A scratch ``.npy`` beside ``out_dir`` for the pixel memory map (deleted after writing)."""
+    """A scratch ``.npy`` beside ``out_dir`` for the pixel memory map (deleted after writing); scratch
+    files and staging folders that a killed prepare left beside ``out_dir`` are removed first."""
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    return out_dir.with_name(f".{out_dir.name}.{modality}-pixels-{os.getpid()}.npy")
+    remove_stale(out_dir, mine=(f"{modality}-pixels",))
+    return staging_path(out_dir, f"{modality}-pixels", ".npy")
 
 
 # -- shared parameters and the prepare-side helper ----------------------------------------------------

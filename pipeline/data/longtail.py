@@ -62,8 +62,8 @@ from typing import Literal
 import numpy as np
 from pydantic import Field, field_validator
 
-from pipeline.data.archives import check_extracted, extract_archive
-from pipeline.data.download import RemoteFile, fetch_file, manual_placement_error, read_verified_record, record_fetch
+from pipeline.data.archives import check_extracted
+from pipeline.data.download import RemoteFile, fetch_archive, manual_placement_error, read_verified_record, record_fetch
 from pipeline.data.formats import ModalityData, write_prepared
 from pipeline.data.images import ImageDatasetParams, pixel_memmap
 from pipeline.data.registry import DatasetSpec, register_dataset
@@ -210,8 +210,7 @@ class Cifar10(DatasetSpec):
         raw_dir = Path(raw_dir)
         if params.layout == "official":
             rf = CIFAR_OFFICIAL.with_mirror(params.mirror)
-            sha = fetch_file(rf, raw_dir, self.name, manual_hint=f"the official archive is {CIFAR_URL} (md5 {CIFAR_OFFICIAL.md5})")
-            extract_archive(raw_dir / rf.name, raw_dir, root="cifar-10-batches-py", sha256=sha)
+            sha, _ = fetch_archive(rf, raw_dir, self.name, root="cifar-10-batches-py", manual_hint=f"the official archive is {CIFAR_URL} (md5 {CIFAR_OFFICIAL.md5})")
             for f in ("data_batch_1", "data_batch_5", "test_batch", "batches.meta"):
                 if not (raw_dir / "cifar-10-batches-py" / f).is_file():
                     raise DataError(f"{raw_dir / rf.name}: has no cifar-10-batches-py/{f}; not the official archive")
@@ -220,8 +219,7 @@ class Cifar10(DatasetSpec):
             rf = CIFAR_JPG.with_mirror(params.mirror)
             if not (raw_dir / rf.name).is_file() and not rf.url:
                 raise manual_placement_error(self.name, raw_dir, [rf], hint="layout 'jpg' reads a manually placed JPEG tree archive (or set mirror).")
-            sha = fetch_file(rf, raw_dir, self.name)
-            root = extract_archive(raw_dir / CIFAR_JPG.name, raw_dir, sha256=sha)
+            sha, root = fetch_archive(rf, raw_dir, self.name)
             for part in ("train", "test"):
                 if not (root / part).is_dir():
                     raise DataError(f"{raw_dir / CIFAR_JPG.name}: has no {part}/ folder; expected {{train,test}}/<class>/NNNN.jpg")
@@ -325,8 +323,7 @@ class Imagenette(DatasetSpec):
         raw_dir = Path(raw_dir)
         rf = imagenette_file(params.variant, params.mirror)
         hint = "" if rf.url else "variant '128' is a local derivative of imagenette2 (see its SOURCES.md); it is not downloadable."
-        sha = fetch_file(rf, raw_dir, self.name, manual_hint=hint)
-        root = extract_archive(raw_dir / rf.name, raw_dir, root=IMAGENETTE_VARIANTS[params.variant][1], sha256=sha)
+        sha, root = fetch_archive(rf, raw_dir, self.name, root=IMAGENETTE_VARIANTS[params.variant][1], manual_hint=hint)
         if not (root / "noisy_imagenette.csv").is_file():
             raise DataError(f"{raw_dir / rf.name}: has no {root.name}/noisy_imagenette.csv; not the imagenette2 layout")
         record_fetch(raw_dir, self.name, {rf.name: sha}, source=rf.url or "manual placement")

@@ -47,8 +47,8 @@ import numpy as np
 import scipy.sparse as sp
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipeline.data.archives import check_extracted, extract_archive
-from pipeline.data.download import RemoteFile, fetch_file, read_verified_record, record_fetch
+from pipeline.data.archives import check_extracted
+from pipeline.data.download import RemoteFile, fetch_archive, read_verified_record, record_fetch
 from pipeline.data.formats import ModalityData, write_prepared
 from pipeline.data.images import ImageDatasetParams, pixel_memmap
 from pipeline.data.longtail import derive_seed
@@ -156,11 +156,8 @@ class Mirflickr25k(DatasetSpec):
         raw_dir = Path(raw_dir)
         hint = "Official page: https://press.liacs.nl/mirflickr/ (MIRFLICKR-25000 and its annotations v0.80)."
         files = {}
-        for rf in (IMAGES, ANNOTATIONS):
-            rf = rf.with_mirror(params.mirror)
-            files[rf.name] = fetch_file(rf, raw_dir, self.name, manual_hint=hint)
-        extract_archive(raw_dir / IMAGES.name, raw_dir, root="mirflickr", sha256=files[IMAGES.name])
-        ann = extract_archive(raw_dir / ANNOTATIONS.name, raw_dir, sha256=files[ANNOTATIONS.name])
+        files[IMAGES.name], _ = fetch_archive(IMAGES.with_mirror(params.mirror), raw_dir, self.name, root="mirflickr", manual_hint=hint)
+        files[ANNOTATIONS.name], ann = fetch_archive(ANNOTATIONS.with_mirror(params.mirror), raw_dir, self.name, manual_hint=hint)
         if not (raw_dir / "mirflickr" / "meta" / "tags").is_dir():
             raise DataError(f"{raw_dir / IMAGES.name}: has no mirflickr/meta/tags/ folder; not the official archive")
         _find_annotation_dir(ann)

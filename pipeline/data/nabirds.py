@@ -28,8 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.data.archives import check_extracted, extract_archive
-from pipeline.data.download import RemoteFile, fetch_file, manual_placement_error, read_verified_record, record_fetch
+from pipeline.data.archives import check_extracted
+from pipeline.data.download import RemoteFile, fetch_archive, manual_placement_error, read_verified_record, record_fetch
 from pipeline.data.formats import ModalityData, write_prepared
 from pipeline.data.images import ImageDatasetParams, pixel_memmap
 from pipeline.data.registry import DatasetSpec, register_dataset
@@ -83,8 +83,7 @@ class Nabirds(DatasetSpec):
                 self.name, raw_dir, [rf], found=found,
                 hint=f"NABirds is license-gated: accept the terms at {PAGE} (Cornell Lab of Ornithology), download nabirds.tar.gz and copy it there unchanged.",
             )
-        sha = fetch_file(rf, raw_dir, self.name)
-        root = extract_archive(raw_dir / ARCHIVE.name, raw_dir, root="nabirds", sha256=sha)
+        sha, root = fetch_archive(rf, raw_dir, self.name, root="nabirds")
         for f in REQUIRED:
             if not (root / f).is_file():
                 raise DataError(f"{raw_dir / ARCHIVE.name}: has no nabirds/{f}; not the official NABirds archive")

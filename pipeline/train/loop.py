@@ -127,6 +127,7 @@ def run_trial(
         )
     seed_everything(spec.seed)
     ds = PreparedDataset(prepared_dir)
+    ds.check()  # sizes, .npy headers and sha256 against the manifest (cached digests): corrupted data is refused, not trained on
     if validation is not None:
         data = SplitData(ds, spec.protocol, cls.modalities, validation_fraction=validation.fraction, validation_seed=validation.seed)
         every = validation.every or spec.train.eval_every or 1
