@@ -129,8 +129,10 @@ class SuiteLock:
 
 
 def stamp_data(trials: list[TrialSpec], dataset: PreparedDataset) -> list[TrialSpec]:
-    """The trials with the prepared data's manifest hash (part of the training key)."""
-    return [t.model_copy(update={"data_sha256": dataset.manifest_sha256}) for t in trials]
+    """The trials with the prepared data's manifest hash (part of the training key), after checking the
+    arrays against the manifest (:meth:`PreparedDataset.check`: a corrupted array is refused, naming the file)."""
+    sha = dataset.check()
+    return [t.model_copy(update={"data_sha256": sha}) for t in trials]
 
 
 def describe(spec: TrialSpec) -> str:
