@@ -6,6 +6,7 @@ import copy
 
 import pytest
 
+from methods.registry import available_methods
 from pipeline.config import expand_suite, load_params
 from pipeline.core.errors import ConfigError
 from tests.conftest import REPO, write_params
@@ -66,7 +67,7 @@ def test_unknown_key_in_train(tmp_path, repo_params):
 
 
 def test_unknown_method_hyperparameter(tmp_path, repo_params):
-    msg = _bad(tmp_path, repo_params, lambda p: p["methods"]["csq"].update(lambdaa=1.0))
+    msg = _bad(tmp_path, repo_params, lambda p: p["methods"].setdefault("csq", {}).update(lambdaa=1.0))
     assert "methods.csq.lambdaa" in msg and "unknown key" in msg
 
 
@@ -94,7 +95,7 @@ def test_trial_key_changes_only_for_changed_method(tmp_path, repo_params):
     p = copy.deepcopy(repo_params)
     p["suites"]["mixed"] = {"profile": "demo", "dataset": "wikipedia", "methods": ["dcmh", "csq"], "bits": [16], "seeds": [0]}
     before = {t.method: t.key() for t in expand_suite(load_params(write_params(tmp_path, p)), "mixed")}
-    p["methods"]["csq"]["lambda_q"] = 0.5
+    p["methods"].setdefault("csq", {})["lambda_q"] = 0.5
     after = {t.method: t.key() for t in expand_suite(load_params(write_params(tmp_path, p)), "mixed")}
     assert before["dcmh"] == after["dcmh"]
     assert before["csq"] != after["csq"]
@@ -102,7 +103,7 @@ def test_trial_key_changes_only_for_changed_method(tmp_path, repo_params):
 
 def test_method_train_override_precedence(tmp_path, repo_params):
     p = copy.deepcopy(repo_params)
-    p["methods"]["csq"]["train"] = {"optimizer": {"lr": 0.01}, "epochs": 7}
+    p["methods"].setdefault("csq", {})["train"] = {"optimizer": {"lr": 0.01}, "epochs": 7}
     params = load_params(write_params(tmp_path, p))
     t = expand_suite(params, "demo-digits")[0]
     assert t.train.optimizer.lr == 0.01
@@ -121,7 +122,7 @@ def _with_variant(repo_params, **variant):
 
 def test_variant_inherits_and_overrides_its_method(tmp_path, repo_params):
     p = _with_variant(repo_params, reassign=False, train={"epochs": 7})
-    p["methods"]["crh"]["margin"] = 0.3
+    p["methods"].setdefault("crh", {})["margin"] = 0.3
     params = load_params(write_params(tmp_path, p))
     trials = {(t.name, t.bits, t.seed): t for t in expand_suite(params, "demo-digits")}
     base, var = trials[("crh", 16, 0)], trials[("crh-u", 16, 0)]
@@ -135,10 +136,13 @@ def test_variant_inherits_and_overrides_its_method(tmp_path, repo_params):
 
 
 def test_variant_with_equal_parameters_is_a_distinct_trial(tmp_path, repo_params):
-    params = load_params(write_params(tmp_path, _with_variant(repo_params)))
+    p = copy.deepcopy(repo_params)
+    p["methods"]["crh-same"] = {"method": "crh"}  # a params.yaml variant that changes nothing
+    p["suites"]["demo-digits"].update(methods=["crh", "crh-same"], method_params={})
+    params = load_params(write_params(tmp_path, p))
     t = {x.name: x for x in expand_suite(params, "demo-digits") if x.bits == 16 and x.seed == 0}
-    assert t["crh"].method_params == t["crh-u"].method_params
-    assert t["crh"].resolved_hash() != t["crh-u"].resolved_hash()
+    assert t["crh"].method_params == t["crh-same"].method_params
+    assert t["crh"].resolved_hash() != t["crh-same"].resolved_hash()
 
 
 def test_training_key_is_versioned_and_ignores_suite_and_eval(tmp_path, repo_params):
@@ -174,7 +178,7 @@ def test_unknown_suite_method_lists_variants(tmp_path, repo_params):
     p = _with_variant(repo_params)
     p["suites"]["demo-digits"]["methods"] = ["crh", "crh-v"]
     msg = _bad(tmp_path, p, lambda p: None)
-    assert "suites.demo-digits.methods[1]" in msg and "variants: crh-u" in msg
+    assert "suites.demo-digits.methods[1]" in msg and "crh-u" in msg.split("variants: ", 1)[1]
 
 
 def test_hashbench_list_shows_variants_with_their_changes(capsys):
@@ -182,6 +186,22 @@ def test_hashbench_list_shows_variants_with_their_changes(capsys):
 
     assert main(["--params", str(REPO / "params.yaml"), "list"]) == 0
     out = capsys.readouterr().out
-    assert "variants (params.yaml methods.<name>.method):" in out
-    assert "crh-u            = crh with reassign=False" in out
+    assert "variants (registered next to their method; params.yaml methods.<name> may add or override):" in out
+    assert "crh-u            = crh with reassign=False  [code]  CRH-U ablation" in out
     assert "mfpmc-base       = mfpmc with imfm=False, tmfm=False, lfpmc=False" in out
+
+
+def test_variants_registered_in_code_resolve_and_take_params_yaml_overrides(tmp_path, repo_params):
+    from methods.registry import available_variants
+
+    code = available_variants()
+    assert {"crh-u", "crh-m", "mfpmc-base", "adih-i", "ltdual-tiny"} <= set(code)
+    assert all(v.method in available_methods() and v.description for v in code.values())
+    p = copy.deepcopy(repo_params)
+    p["methods"]["crh-u"] = {"margin": 0.25}  # a tweak of a code variant: no `method:` needed
+    p["suites"]["demo-digits"]["methods"] = ["crh", "crh-u", "crh-m"]
+    p["suites"]["demo-digits"]["method_params"] = {}
+    t = {x.name: x for x in expand_suite(load_params(write_params(tmp_path, p)), "demo-digits") if x.bits == 16 and x.seed == 0}
+    assert t["crh-u"].method == "crh" and t["crh-u"].method_params["reassign"] is False and t["crh-u"].method_params["margin"] == 0.25
+    assert t["crh-m"].method_params["multi_head"] is False and t["crh-m"].method_params["reassign"] is True
+    assert t["crh"].method_params["reassign"] is True

@@ -42,7 +42,8 @@ def project(tmp_path_factory) -> tuple[Path, dict]:
     root = tmp_path_factory.mktemp("e2e")
     for f in ("dvc.yaml", ".gitignore"):
         shutil.copy(REPO / f, root / f)
-    shutil.copytree(REPO / "pipeline" / "report", root / "pipeline" / "report", ignore=shutil.ignore_patterns("__pycache__"))
+    for code in ("pipeline", "methods"):  # the stages declare code as deps (the installed package runs)
+        shutil.copytree(REPO / code, root / code, ignore=shutil.ignore_patterns("__pycache__", "*.so"))
     (root / "params.yaml").write_text(yaml.safe_dump(_tiny_params(), sort_keys=False))
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1"}
     env.pop("MLFLOW_TRACKING_URI", None)
@@ -94,7 +95,7 @@ def test_second_repro_is_up_to_date_and_csq_change_retrains_only_csq(project):
     out = _run([str(BIN / "dvc"), "repro", "report@demo"], root, env).stdout
     assert "Running stage" not in out, out
     p = yaml.safe_load((root / "params.yaml").read_text())
-    p["methods"]["csq"]["lambda_q"] = 0.001
+    p["methods"].setdefault("csq", {})["lambda_q"] = 0.001
     (root / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
     out = _run([str(BIN / "dvc"), "repro", "report@demo"], root, env).stdout
     runs = _mlflow_runs(root)

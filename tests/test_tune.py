@@ -145,7 +145,7 @@ def test_default_point_is_params_yaml_inside_the_space(repo_params, tmp_path):
     params = _load(repo_params, tmp_path, spaces={"csq": {"lambda_q": {"loguniform": [1e-4, 1e-1]}, "train.optimizer.lr": {"choice": [0.001, 0.01]}}})
     base = base_spec(params, "csq", "digits", 16, 0, 2, "t")
     space = params.tune.spaces["csq"]
-    assert default_point(params, "csq", space, base) == {"lambda_q": repo_params["methods"]["csq"]["lambda_q"], "train.optimizer.lr": 0.001}
+    assert default_point(params, "csq", space, base) == {"lambda_q": 1e-4, "train.optimizer.lr": 0.001}  # CSQ's default in code
     # a default outside the space cannot seed the search
     assert default_point(params, "csq", {"lambda_q": {"loguniform": [0.5, 1.0]}}, base) is None
     assert default_point(params, "csq", {"train.optimizer.lr": {"choice": [0.1]}}, base) is None
