@@ -202,7 +202,6 @@ def resolve_threads(n_threads: int | None) -> int:
     return max(1, min(n, 16))
 
 
-
 def check_radius(radius) -> int:
     """A Hamming radius: a non-negative integer."""
     if isinstance(radius, bool) or not isinstance(radius, (int, np.integer)) or radius < 0:

@@ -9,6 +9,7 @@ import numpy as np
 
 from pipeline.core.errors import MetricsError
 
+
 def class_groups(train_class_counts, head_frac: float = 1 / 3, tail_frac: float = 1 / 3) -> np.ndarray:
     """Group of each class by training frequency: the ``head_frac`` most frequent classes "head", the ``tail_frac`` rarest "tail", the rest "medium" (Liu et al., OLTR, CVPR 2019).
 

@@ -41,7 +41,6 @@ def safe_div(num, den) -> np.ndarray:
     return out
 
 
-
 def ideal_dcg(gain_hist: np.ndarray, k_eff: int, disc: np.ndarray) -> np.ndarray:
     """Ideal DCG@k from the histogram of graded relevance values (gains sorted in decreasing order)."""
     rev = gain_hist[:, :0:-1]  # counts of gains G, G-1, ..., 1

@@ -16,6 +16,7 @@ from pipeline.eval.metrics.checks import EMPTY_BALL_RULES, check_radius
 from pipeline.eval.metrics.engine import DistanceCounts
 from pipeline.eval.metrics.numeric import safe_div
 
+
 def pr_curve_from_counts(counts: DistanceCounts, empty_ball: str = "zero") -> dict[str, np.ndarray]:
     """Precision and recall of the items within Hamming radius r = 0..K, averaged over queries (Wang et al., "A Survey on Learning to Hash", TPAMI 2018)."""
     if empty_ball not in EMPTY_BALL_RULES:

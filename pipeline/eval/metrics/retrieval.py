@@ -52,7 +52,6 @@ _TIES_TEXT = {
 }
 
 
-
 def _ks(k) -> tuple[tuple, bool]:
     if k is None or isinstance(k, (int, np.integer)):
         return (check_k(k),), True
@@ -199,7 +198,6 @@ def precision_within_radius(
     counts = hamming_distance_counts(query_codes, db_codes, query_labels, db_labels, block_size=block_size, n_threads=n_threads)
     prec, empty = precision_within_radius_from_counts(counts, radius)
     return float(prec.mean()), float(empty.mean())
-
 
 
 @dataclass

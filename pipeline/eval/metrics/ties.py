@@ -147,7 +147,6 @@ def precision_recall_from_counts(counts: DistanceCounts, k: int) -> tuple[np.nda
     return found / ke, safe_div(found, r.sum(axis=1))
 
 
-
 def ndcg_from_counts(counts: DistanceCounts, k: int) -> np.ndarray:
     """Per-query expected NDCG@k, mean gain of each tie group at its positions (Jarvelin & Kekalainen 2002; McSherry & Najork 2008)."""
     k = check_k(k, allow_none=False)
