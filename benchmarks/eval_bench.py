@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.eval import index as X  # noqa: E402
 from pipeline.eval import metrics as M  # noqa: E402
+from pipeline.eval.metrics.checks import resolve_threads  # noqa: E402
 
 N_LABELS = 21
 
@@ -154,9 +155,9 @@ def main() -> None:
     if args.threads:
         threads = f"{args.threads}"
     elif backend == "kernel":
-        threads = f"{M._resolve_threads(None)}"
+        threads = f"{resolve_threads(None)}"
     else:
-        threads = f"{M._resolve_threads(None)} (index ties), 1 (expected ties)"
+        threads = f"{resolve_threads(None)} (index ties), 1 (expected ties)"
     print(f"numpy {np.__version__}; metrics backend {backend} (${kernels.ENV_VAR}=numpy|kernel forces one); "
           f"cores {os.cpu_count()}; engine threads {threads}; "
           f"load average {os.getloadavg()[0]:.2f} (other processes share this machine)")

@@ -1,4 +1,5 @@
-"""Methods train on small real-structured problems and beat random codes; same seed -> identical codes.
+"""Methods train on small real-structured problems and beat random codes (same seed -> identical codes,
+for every method and variant: tests/test_contract.py).
 
 Data: scikit-learn's bundled handwritten digits (1797 real 8x8 images, 10 classes; no download).
 The loop below mimics pipeline/train/loop.py's contract: create -> configure_optimizers ->
@@ -159,16 +160,6 @@ def test_csq_learns_digits_pixels():
     assert got > base + 0.4, (got, base)
 
 
-def test_csq_same_seed_same_codes_and_features_input():
-    data, labels = digits_image_only()
-    feats = {"image": _standardise(data["image"].reshape(len(labels), -1), data["image"].reshape(len(labels), -1))}
-    info = DataInfo("digits", {"image": ModalitySpec("image", "features", (64,))}, 10, False, N_TRAIN)
-    runs = [train_and_encode("csq", CSQ_PARAMS, info, feats, labels, 24, epochs=2, seed=s)[1] for s in (7, 7, 8)]
-    a, b, c = (r["image"]["db"] for r in runs)
-    assert torch.equal(a, b)
-    assert not torch.equal(a, c)
-
-
 # -- DCMH ---------------------------------------------------------------------------------------
 DCMH_PARAMS = {"image_hidden": [128], "text_hidden": [128]}
 
@@ -207,17 +198,6 @@ def test_dcmh_stale_balance_estimate_does_not_train_under_adam():
     _, codes, ql, dl, _ = train_and_encode("dcmh", params, _halves_info(), data, labels, 16, epochs=12, batch_size=32)
     stale = mean_average_precision(codes["image"]["query"].numpy(), codes["text"]["db"].numpy(), ql, dl)
     assert stale < random_map(ql, dl, 16) + 0.1  # observed 0.12 vs 0.10 (and 0.46 with 'drift')
-
-
-def test_dcmh_same_seed_same_codes():
-    data, labels = digits_two_halves()
-    runs = [
-        train_and_encode("dcmh", DCMH_PARAMS, _halves_info(), data, labels, 16, epochs=2, seed=s, batch_size=32)[1]
-        for s in (3, 3, 4)
-    ]
-    for m in ("image", "text"):
-        assert torch.equal(runs[0][m]["db"], runs[1][m]["db"])
-        assert not torch.equal(runs[0][m]["db"], runs[2][m]["db"])
 
 
 def test_dcmh_pixels_and_bow_inputs_build_and_step():

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from pipeline.eval import metrics as M
+from pipeline.eval.metrics import engine as E  # the engine's tunables and sorter, patched below
 from pipeline.core.errors import HashBenchError
 
 NORMS = ("retrieved", "min_k_total", "total")
@@ -162,7 +163,7 @@ def test_counts_chunking_and_threads_do_not_change_results(monkeypatch):
     rng = np.random.default_rng(5)
     qc, dc, ql, dl = random_problem(rng, 23, 300, 16, n_labels=70, density=0.05)  # 70 labels: 2 label words
     base = M.evaluate_retrieval(qc, dc, ql, dl, topk=(10, 50), ties="index", n_threads=1)
-    monkeypatch.setattr(M, "_DB_CHUNK", 37)  # database chunks that do not divide anything
+    monkeypatch.setattr(E, "_DB_CHUNK", 37)  # database chunks that do not divide anything
     for threads, block in [(1, 1), (2, 3), (3, 100)]:
         other = M.evaluate_retrieval(qc, dc, ql, dl, topk=(10, 50), ties="index", n_threads=threads, block_size=block)
         assert other.values == base.values
@@ -262,7 +263,7 @@ def test_index_mode_equals_stable_argsort_reference_code(sorter, monkeypatch):
     6000 items, so the engine uses its O(N) counting sort (pandas' groupsort_indexer) when available;
     the ``numpy`` case forces the numpy radix-argsort fallback."""
     if sorter == "numpy":
-        monkeypatch.setattr(M, "_counting_sorter", lambda: None)
+        monkeypatch.setattr(E, "_counting_sorter", lambda: None)
     rng = np.random.default_rng(3)
     qc, dc, ql, dl = random_problem(rng, 20, 6000, 16, n_labels=8, density=0.15)
     dist = M.hamming_distances(qc, dc)
@@ -282,7 +283,7 @@ def test_index_mode_equals_stable_argsort_reference_code(sorter, monkeypatch):
 @pytest.mark.parametrize("sorter", ["counting", "numpy"])
 def test_deterministic_ties_on_a_larger_database(sorter, nbits, monkeypatch):
     if sorter == "numpy":
-        monkeypatch.setattr(M, "_counting_sorter", lambda: None)
+        monkeypatch.setattr(E, "_counting_sorter", lambda: None)
     rng = np.random.default_rng(31)
     qc, dc, ql, dl = random_problem(rng, 4, 5000, nbits, n_labels=5)
     for ties in ("index", "optimistic", "pessimistic"):
@@ -296,7 +297,7 @@ def test_deterministic_ties_on_a_larger_database(sorter, nbits, monkeypatch):
 
 
 def test_counting_sorter_is_checked():
-    sorter = M._counting_sorter()
+    sorter = E._counting_sorter()
     if sorter is not None:
         key = np.random.default_rng(0).integers(0, 65, 10_000).astype(np.intp)
         np.testing.assert_array_equal(sorter(key, 65)[0], np.argsort(key, kind="stable"))
