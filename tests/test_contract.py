@@ -52,10 +52,13 @@ MAX_WIDTH = 64
 
 
 def _entries() -> list:
-    """(entry name, registered method, hyperparameters as a dict): the methods, then the params.yaml variants."""
+    """(entry name, registered method, hyperparameters as a dict): the methods, then the variants registered
+    in code and those of params.yaml."""
+    from methods.registry import available_variants
+
     out = [pytest.param(name, name, get_method_class(name).Params().model_dump(mode="json"), id=name) for name in available_methods()]
     params = load_params(REPO / "params.yaml")
-    for name in sorted(params.methods):
+    for name in sorted({*available_variants(), *params.methods}):
         impl = params.implementation(name)
         if impl != name:
             out.append(pytest.param(name, impl, method_params(params, name, {}), id=name))
