@@ -77,7 +77,7 @@ def _dataset_names(args, params) -> list[str]:
 
 
 def cmd_bench(args) -> int:
-    from pipeline.protocols.standard import run_bench
+    from pipeline.protocols.standard import run_named
 
     params, paths = _params(args), _paths(args)
     suites = args.suite or (params.suites_of_profile(args.profile) if args.profile else [])
@@ -85,12 +85,12 @@ def cmd_bench(args) -> int:
         from pipeline.core.errors import ConfigError
 
         raise ConfigError("pass --suite NAME (repeatable) or --profile NAME")
-    for suite in suites:
-        summary = run_bench(params, suite, paths, params_file=Path(args.params), dry_run=args.dry_run, verbose=args.verbose)
-        print(f"suite {suite}: {len(summary.trials)} trials, {summary.skipped} already finished, {summary.ran} run now, {summary.wall_seconds:.1f} s")
-        if args.dry_run:
-            for key, t in summary.trials.items():
-                print(f"  {t['status']:>8}  {key}")
+    for name in suites:
+        for summary in run_named(params, name, paths, params_file=Path(args.params), dry_run=args.dry_run, verbose=args.verbose):
+            print(f"suite {summary.suite}: {len(summary.trials)} trials, {summary.skipped} already finished, {summary.ran} run now, {summary.wall_seconds:.1f} s")
+            if args.dry_run:
+                for key, t in summary.trials.items():
+                    print(f"  {t['status']:>8}  {key}")
     return 0
 
 
@@ -293,10 +293,10 @@ def _list_resolved(args) -> int:
     from pipeline.config import expand_suite
 
     params = _params(args)
-    trials = expand_suite(params, args.resolved)
+    trials = [t for member in params.members(args.resolved) for t in expand_suite(params, member)]
     print(f"suite {args.resolved}: {len(trials)} trials (training key = dataset/method/bits/seed/hash; data hash added by bench)")
     for t in trials:
-        print(f"  {t.key()}")
+        print(f"  {t.key()}  [suite {t.suite}]")
         print(f"      protocol={t.protocol} train={json.dumps(t.train.model_dump(mode='json', exclude_defaults=True), sort_keys=True)}")
         print(f"      method_params={json.dumps(t.method_params, sort_keys=True)}")
         print(f"      eval={json.dumps(t.eval.model_dump(mode='json', exclude_defaults=True), sort_keys=True)} eval_key={t.eval_key()[:12]}")

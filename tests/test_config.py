@@ -205,3 +205,18 @@ def test_variants_registered_in_code_resolve_and_take_params_yaml_overrides(tmp_
     assert t["crh-u"].method == "crh" and t["crh-u"].method_params["reassign"] is False and t["crh-u"].method_params["margin"] == 0.25
     assert t["crh-m"].method_params["multi_head"] is False and t["crh-m"].method_params["reassign"] is True
     assert t["crh"].method_params["reassign"] is True
+
+
+def test_a_suite_written_as_axes_expands_to_one_suite_per_protocol(tmp_path, repo_params):
+    params = load_params(write_params(tmp_path, repo_params))
+    assert params.members("cpu-lt-digits") == ["cpu-lt-digits-lt100", "cpu-lt-digits-lt50", "cpu-lt-digits-lt10"]
+    assert params.members("demo-digits") == ["demo-digits"]
+    s = params.suite("cpu-lt-digits-lt50")
+    assert (s.dataset, s.protocol, s.profile) == ("digits", "lt50", "cpu")
+    trials = expand_suite(params, "cpu-lt-digits-lt10")
+    assert {t.protocol for t in trials} == {"lt10"} and len(trials) == 4 * 1 * 3
+    assert "cpu-lt-digits-lt100" in params.suites_of_profile("cpu") and "cpu-lt-digits" not in params.suites_of_profile("cpu")
+    p = copy.deepcopy(repo_params)
+    p["suites"]["demo-digits"]["dataset"] = ["digits", "wikipedia"]
+    with pytest.raises(ConfigError, match=r"suites\.demo-digits\.dataset: one dataset per suite"):
+        load_params(write_params(tmp_path, p))

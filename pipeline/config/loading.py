@@ -31,9 +31,46 @@ def load_params(path: str | Path = DEFAULT_PARAMS, overrides: Mapping[str, Any] 
     if overrides:
         raw = deep_merge(raw, overrides)
     raw = {**raw, "source": str(path)}
+    if isinstance(raw.get("suites"), Mapping):
+        raw["suites"], raw["suite_groups"] = expand_axes(raw["suites"], str(path))
     params = validate_model(Params, raw, "", str(path))
     check_params(params)
     return params
+
+
+AXES = ("dataset", "protocol")
+
+
+def expand_axes(suites: Mapping[str, Any], source: str) -> tuple[dict[str, Any], dict[str, list[str]]]:
+    """Suites written as axes: a suite whose ``protocol`` is a list stands for one suite per protocol,
+    named ``<suite>-<protocol>``; returns (concrete suites, {axes suite: its members}). (A list of
+    datasets is refused: each bench stage of dvc.yaml depends on one dataset's prepared folder.)"""
+    out: dict[str, Any] = {}
+    groups: dict[str, list[str]] = {}
+    for name, body in suites.items():
+        if isinstance(body, Mapping) and isinstance(body.get("dataset"), list):
+            raise ConfigError(
+                f"{source}: suites.{name}.dataset: one dataset per suite (got a list {body['dataset']!r}); a suite's "
+                "protocol may be a list (one suite per protocol), write one such suite per dataset"
+            )
+        if not isinstance(body, Mapping) or not any(isinstance(body.get(a), list) for a in AXES):
+            out[name] = body
+            continue
+        values = [(a, body[a] if isinstance(body.get(a), list) else [body.get(a)]) for a in AXES]
+        for a, vs in values:
+            if not vs or any(not isinstance(v, str) for v in vs if v is not None):
+                raise ConfigError(f"{source}: suites.{name}.{a}: expected a name or a non-empty list of names (got {body.get(a)!r})")
+        members = []
+        for ds in values[0][1]:
+            for proto in values[1][1]:
+                parts = [name] + [v for (a, _), v in zip(values, (ds, proto)) if isinstance(body.get(a), list)]
+                member = "-".join(parts)
+                if member in suites or member in out:
+                    raise ConfigError(f"{source}: suites.{name}: its member {member!r} is also written out as a suite; rename one")
+                out[member] = {**body, "dataset": ds, **({"protocol": proto} if proto is not None else {})}
+                members.append(member)
+        groups[name] = members
+    return out, groups
 
 
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")

@@ -252,6 +252,7 @@ class Params(_Strict):
     tracking: TrackingConfig = TrackingConfig()
     tune: TuneSettings = TuneSettings()
     suites: dict[str, SuiteConfig]
+    suite_groups: dict[str, list[str]] = Field({}, description="suites written as axes (a list of datasets/protocols) -> their member suites")
     profiles: dict[str, ProfileConfig] = {"full": ProfileConfig()}
     source: str = Field(DEFAULT_PARAMS, exclude=True)
 
@@ -272,7 +273,15 @@ class Params(_Strict):
         try:
             return self.suites[name]
         except KeyError:
-            raise ConfigError(f"{self.source}: unknown suite {name!r}; defined suites: {', '.join(sorted(self.suites))}") from None
+            hint = f" ({name!r} is written as axes: its suites are {', '.join(self.suite_groups[name])})" if name in self.suite_groups else ""
+            raise ConfigError(f"{self.source}: unknown suite {name!r}{hint}; defined suites: {', '.join(sorted(self.suites))}") from None
+
+    def members(self, name: str) -> list[str]:
+        """The concrete suites a name stands for: a suite itself, or the members of a suite written as axes."""
+        if name in self.suite_groups:
+            return list(self.suite_groups[name])
+        self.suite(name)
+        return [name]
 
     def suites_of_profile(self, profile: str) -> list[str]:
         if profile not in self.profiles:

@@ -234,6 +234,36 @@ def run_bench(params: Params, suite_name: str, paths: ProjectPaths, *, params_fi
     return summary
 
 
+def run_named(params: Params, name: str, paths: ProjectPaths, *, params_file: Path, dry_run: bool = False, verbose: bool = False) -> list[BenchSummary]:
+    """Run a suite, or every member of a suite written as axes (then also write the group's summary
+    ``results/bench/<profile>/<name>.json``, the DVC output of its stage, once every member finished)."""
+    members = params.members(name)
+    if members == [name]:
+        return [run_bench(params, name, paths, params_file=params_file, dry_run=dry_run, verbose=verbose)]
+    summaries, errors = [], []
+    for member in members:
+        try:
+            summaries.append(run_bench(params, member, paths, params_file=params_file, dry_run=dry_run, verbose=verbose))
+        except Interrupted:
+            raise
+        except HashBenchError as exc:
+            errors.append(str(exc))
+    if not dry_run:
+        profile = params.suites[members[0]].profile
+        path = paths.bench_result(profile, name)
+        body = {"suite_group": name, "members": {s.suite: {"trials": len(s.trials), "experiment_id": s.experiment_id} for s in summaries}}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if errors:
+            path.unlink(missing_ok=True)
+        else:
+            tmp = path.with_suffix(".json.part")
+            tmp.write_text(json.dumps(body, indent=2, sort_keys=True) + "\n")
+            tmp.replace(path)
+    if errors:
+        raise TrainingError("\n".join(errors))
+    return summaries
+
+
 def _trial_entry(t: TrialSpec, run_id: str | None, status: str, error: str | None) -> dict[str, Any]:
     return {"method": t.name, "bits": t.bits, "seed": t.seed, "run_id": run_id, "status": status, "error": error}
 
@@ -259,4 +289,4 @@ def _write_summary(path: Path, summary: BenchSummary, manifest_sha256: str) -> N
         incomplete.unlink()
 
 
-__all__ = ["BenchSummary", "Interrupted", "SuiteLock", "body_for", "describe", "run_bench", "stamp_data", "standard_body"]
+__all__ = ["BenchSummary", "Interrupted", "SuiteLock", "body_for", "describe", "run_bench", "run_named", "stamp_data", "standard_body"]
