@@ -52,7 +52,8 @@ import torch
 import torch.nn.functional as F_
 from pydantic import Field
 
-from methods.base import DataInfo, HashMethod, MethodParams, TrainData
+from methods.base import DataInfo, TrainData
+from methods.image_base import EncoderParams, ImageHashMethod
 from methods.losses.codebook import (
     assign_greedy,
     assign_hungarian,
@@ -63,14 +64,13 @@ from methods.losses.codebook import (
     pearson,
     sample_codebook,
 )
-from methods.nets import build_encoder
 from methods.registry import register_method, register_variant
 from pipeline.core.errors import MethodError
 
 log = logging.getLogger(__name__)
 
 
-class CRHParams(MethodParams):
+class CRHParams(EncoderParams):
     """CRH hyperparameters."""
 
     scale: float = Field(8.0, gt=0, description="s of the margin CE logits s*(cos - m) (ours; OrthoHash's value)")
@@ -89,20 +89,14 @@ class CRHParams(MethodParams):
     head_bits: int | Literal["auto"] = Field(
         "auto", description="bits per head (K/H), must divide the code length; auto: smallest power of 2 d with 2^d >= M (article Sec. 4)"
     )
-    backbone: str = Field("auto", description="'auto' (MLP on features, small CNN on pixels), 'mlp', 'small_cnn' or a torchvision name")
-    hidden: tuple[int, ...] = Field((1024,), description="hidden widths of the MLP head before the K-unit hash layer")
-    dropout: float = Field(0.0, ge=0, lt=1, description="dropout after every hidden layer of the head")
-    weights: str | None = Field(None, description="local state_dict for a torchvision backbone (never downloaded)")
     seed: int | None = Field(None, description="seed of codebook, initial assignment and greedy orders; None = from the trial-seeded torch RNG")
 
 
 @register_method
-class CRH(HashMethod):
+class CRH(ImageHashMethod):
     """Center-Reassigned Hashing: codebook centres, margin CE to the assigned centre, periodic reassignment."""
 
     name = "crh"
-    modalities = ("image",)
-    input_kinds = frozenset({"features", "pixels"})
     Params = CRHParams
     paper = "Codebook-Centric Deep Hashing (Center-Reassigned Hashing, CRH). AAAI 2026, arXiv 2511.12162."
 
@@ -121,9 +115,8 @@ class CRH(HashMethod):
                 raise MethodError(f"crh: head_bits={p.head_bits} does not divide {bits} bits (set multi_head: false, head_bits: auto or another head_bits)")
             heads = bits // p.head_bits
         self.slices = head_slices(self.bits, heads)
-        seed = p.seed if p.seed is not None else int(torch.randint(0, 2**62, (1,)).item())
-        self.gen = torch.Generator().manual_seed(seed)
-        self.rng = np.random.default_rng(seed)
+        self.gen = self.generator()
+        self.rng = np.random.default_rng(self.target_seed)
         codebook, stats = sample_codebook(size, self.bits, self.gen, heads=heads, tries=p.codebook_tries)
         self.codebook_stats = stats
         assign = torch.stack([torch.randperm(size, generator=self.gen)[:n_cls] for _ in self.slices])  # (H, C)
@@ -133,7 +126,6 @@ class CRH(HashMethod):
         self.n_reassign = 0
         self.class_reference: torch.Tensor | None = None
         log.info("crh: codebook %d x %d bits, %d head(s), min distance %s", size, self.bits, heads, stats)
-        self.net = build_encoder(info.modalities["image"], self.bits, p.backbone, p.hidden, p.dropout, weights=p.weights)
 
     def _centers_from(self, assign: torch.Tensor) -> torch.Tensor:
         return torch.cat([self.codebook[assign[h]][:, s] for h, s in enumerate(self.slices)], dim=1)
@@ -145,14 +137,8 @@ class CRH(HashMethod):
         quant = self.params.lambda_q * ((h.abs() - 1) ** 2).mean()
         return {"loss": ce + quant, "margin_ce": ce, "quantization": quant}
 
-    def encode(self, batch: dict[str, torch.Tensor], modality: str) -> torch.Tensor:
-        if modality != "image":
-            raise MethodError(f"crh: encodes images only, not {modality!r}")
-        return torch.tanh(self.net(batch["image"]))
-
     def on_train_start(self, data: TrainData) -> None:
-        if data.labels.shape[1] != self.centers.shape[0]:
-            raise MethodError(f"crh: {data.labels.shape[1]} label columns but {self.centers.shape[0]} classes were assigned centres")
+        self.check_label_columns(data.labels, self.centers.shape[0], "class centres")
         y = data.labels.float()
         if self.info.multi_label:
             ref = F_.normalize(y.t(), dim=1)

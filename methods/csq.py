@@ -27,16 +27,15 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from methods.base import DataInfo, HashMethod, MethodParams, TrainData
+from methods.base import DataInfo, TrainData
+from methods.image_base import EncoderParams, ImageHashMethod
 from methods.losses import center_bce_with_logits, label_centers, logcosh_quantization, make_hash_centers, square_quantization
-from methods.nets import build_encoder
 from methods.registry import register_method
-from pipeline.core.errors import MethodError
 
 log = logging.getLogger(__name__)
 
 
-class CSQParams(MethodParams):
+class CSQParams(EncoderParams):
     """CSQ hyperparameters."""
 
     lambda_q: float = Field(
@@ -45,37 +44,29 @@ class CSQParams(MethodParams):
     quantization: Literal["logcosh", "square"] = Field(
         "logcosh", description="L_Q: the paper's sum log cosh(|h|-1), or sum (|h|-1)^2"
     )
-    backbone: str = Field("auto", description="'auto' (MLP on features, small CNN on pixels), 'mlp', 'small_cnn' or a torchvision model name")
-    hidden: tuple[int, ...] = Field((1024,), description="hidden widths of the MLP head before the K-unit hash layer")
-    dropout: float = Field(0.0, ge=0, lt=1, description="dropout after every hidden layer of the head")
-    weights: str | None = Field(None, description="local state_dict for a torchvision backbone (never downloaded)")
     shuffle_centers: bool = Field(False, description="assign Hadamard rows to classes in a seeded random order instead of row order")
     center_tries: int = Field(10, ge=1, description="Bernoulli path: keep the best of this many draws (largest min pairwise distance)")
     seed: int | None = Field(None, description="seed of the hash centers; None = drawn from the (trial-seeded) global torch RNG")
 
 
 @register_method
-class CSQ(HashMethod):
+class CSQ(ImageHashMethod):
     """Central Similarity Quantization: pull each image's tanh code to its (label-centroid) hash center."""
 
     name = "csq"
-    modalities = ("image",)
-    input_kinds = frozenset({"features", "pixels"})
     Params = CSQParams
     paper = "L. Yuan et al. Central Similarity Quantization for Efficient Image and Video Retrieval. CVPR 2020."
 
     def __init__(self, params: CSQParams, info: DataInfo, bits: int) -> None:
         super().__init__(params, info, bits)
         p = params
-        seed = p.seed if p.seed is not None else int(torch.randint(0, 2**62, (1,)).item())
-        gen = torch.Generator().manual_seed(seed)
+        gen = self.generator()
         centers, kind = make_hash_centers(int(info.n_classes), self.bits, gen, shuffle=p.shuffle_centers, tries=p.center_tries)
         tie_break = torch.randint(0, 2, (self.bits,), generator=gen).float() * 2 - 1
         self.center_kind = kind
         self.register_buffer("centers", centers)
         self.register_buffer("tie_break", tie_break)
         log.info("csq: %d %s hash centers of %d bits (dataset %s)", info.n_classes, kind, self.bits, info.dataset)
-        self.net = build_encoder(info.modalities["image"], self.bits, p.backbone, p.hidden, p.dropout, weights=p.weights)
 
     def item_centers(self, labels: torch.Tensor) -> torch.Tensor:
         """Hash center of each item: sign of the centroid of its labels' centers (ties -> ``tie_break``)."""
@@ -94,13 +85,5 @@ class CSQ(HashMethod):
         quant = self.params.lambda_q * q
         return {"loss": center + quant, "center": center, "quantization": quant}
 
-    def encode(self, batch: dict[str, torch.Tensor], modality: str) -> torch.Tensor:
-        if modality != "image":
-            raise MethodError(f"csq: encodes images only, not {modality!r}")
-        return torch.tanh(self.net(batch["image"]))
-
     def on_train_start(self, data: TrainData) -> None:
-        if data.labels.shape[1] != self.centers.shape[0]:
-            raise MethodError(
-                f"csq: dataset {self.info.dataset!r} has {data.labels.shape[1]} label columns but {self.centers.shape[0]} centers were built"
-            )
+        self.check_label_columns(data.labels, self.centers.shape[0], "centers")

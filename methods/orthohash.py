@@ -27,17 +27,16 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from methods.base import DataInfo, HashMethod, MethodParams, TrainData
+from methods.base import DataInfo, TrainData
+from methods.image_base import EncoderParams, ImageHashMethod
 from methods.losses import make_hash_centers
 from methods.losses.codebook import cosine_margin_ce, cosine_quantization
-from methods.nets import build_encoder
 from methods.registry import register_method
-from pipeline.core.errors import MethodError
 
 log = logging.getLogger(__name__)
 
 
-class OrthoHashParams(MethodParams):
+class OrthoHashParams(EncoderParams):
     """OrthoHash hyperparameters."""
 
     scale: float = Field(8.0, gt=0, description="s of the logits s*(cos - m) (paper: 8)")
@@ -45,35 +44,26 @@ class OrthoHashParams(MethodParams):
     lambda_q: float = Field(0.0, ge=0, description="weight of the optional quantization term mean(1 - cos(v, sign v))")
     multi_label_loss: Literal["bce", "softmax"] = Field("bce", description="loss for multi-label data: sigmoid BCE (paper) or soft-target softmax CE")
     batch_norm: bool = Field(True, description="BatchNorm1d (affine=False) on the code layer (paper Sec. 3.3)")
-    backbone: str = Field("auto", description="'auto' (MLP on features, small CNN on pixels), 'mlp', 'small_cnn' or a torchvision name")
-    hidden: tuple[int, ...] = Field((1024,), description="hidden widths of the MLP head before the K-unit code layer")
-    dropout: float = Field(0.0, ge=0, lt=1, description="dropout after every hidden layer of the head")
-    weights: str | None = Field(None, description="local state_dict for a torchvision backbone (never downloaded)")
     shuffle_codes: bool = Field(False, description="assign Hadamard rows to classes in a seeded random order")
     code_tries: int = Field(10, ge=1, description="Bernoulli path: best of this many draws (largest min pairwise distance)")
     seed: int | None = Field(None, description="seed of the class codes; None = from the trial-seeded torch RNG")
 
 
 @register_method
-class OrthoHash(HashMethod):
+class OrthoHash(ImageHashMethod):
     """OrthoHash: cosine-margin softmax CE to fixed orthogonal class codes, BN on the code layer."""
 
     name = "orthohash"
-    modalities = ("image",)
-    input_kinds = frozenset({"features", "pixels"})
     Params = OrthoHashParams
     paper = "J. T. Hoe et al. One Loss for All: Deep Hashing with a Single Cosine Similarity based Learning Objective. NeurIPS 2021."
 
     def __init__(self, params: OrthoHashParams, info: DataInfo, bits: int) -> None:
         super().__init__(params, info, bits)
         p = params
-        seed = p.seed if p.seed is not None else int(torch.randint(0, 2**62, (1,)).item())
-        gen = torch.Generator().manual_seed(seed)
-        codes, kind = make_hash_centers(int(info.n_classes), self.bits, gen, shuffle=p.shuffle_codes, tries=p.code_tries)
+        codes, kind = make_hash_centers(int(info.n_classes), self.bits, self.generator(), shuffle=p.shuffle_codes, tries=p.code_tries)
         self.code_kind = kind
         self.register_buffer("class_codes", codes)
         log.info("orthohash: %d %s class codes of %d bits", info.n_classes, kind, self.bits)
-        self.net = build_encoder(info.modalities["image"], self.bits, p.backbone, p.hidden, p.dropout, weights=p.weights)
         self.bn = nn.BatchNorm1d(self.bits, affine=False) if p.batch_norm else nn.Identity()
 
     def code(self, x: torch.Tensor) -> torch.Tensor:
@@ -92,11 +82,5 @@ class OrthoHash(HashMethod):
         out["loss"] = loss
         return out
 
-    def encode(self, batch: dict[str, torch.Tensor], modality: str) -> torch.Tensor:
-        if modality != "image":
-            raise MethodError(f"orthohash: encodes images only, not {modality!r}")
-        return self.code(batch["image"])
-
     def on_train_start(self, data: TrainData) -> None:
-        if data.labels.shape[1] != self.class_codes.shape[0]:
-            raise MethodError(f"orthohash: {data.labels.shape[1]} label columns but {self.class_codes.shape[0]} class codes")
+        self.check_label_columns(data.labels, self.class_codes.shape[0], "class codes")

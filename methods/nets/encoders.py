@@ -18,7 +18,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from methods.base import ModalitySpec
+from pipeline.core.types import ModalitySpec
 from pipeline.core.errors import MethodError
 
 #: backbone names that are not torchvision models

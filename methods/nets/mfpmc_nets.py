@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F_
 from torch import nn
 
-from methods.base import ModalitySpec
+from pipeline.core.types import ModalitySpec
 from methods.nets.encoders import SmallCNN, mlp, torchvision_trunk
 from pipeline.core.errors import MethodError
 
