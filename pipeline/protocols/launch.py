@@ -128,6 +128,17 @@ def warm_up(uri: str) -> float:
     return _WARM[uri]
 
 
+def stop_ray() -> None:
+    """Shut down this command's Ray (its trial processes end with it); nothing when Ray is not running."""
+    import ray
+
+    if ray.is_initialized():
+        try:
+            ray.shutdown()
+        except Exception as exc:  # noqa: BLE001 - shutting down after an interrupt must not mask it
+            log.warning("ray.shutdown: %s", exc)
+
+
 def placement(res: ResourcesConfig, *, override_concurrency: int | None = None, ray_train: bool = False) -> Placement:
     """Worker count, per-worker resources and how many trials run at once on the current cluster."""
     import ray

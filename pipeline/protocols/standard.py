@@ -215,7 +215,10 @@ def run_bench(params: Params, suite_name: str, paths: ProjectPaths, *, params_fi
             except KeyboardInterrupt:
                 interrupted = True
             summary.ran = len(pending)
-            reap_dead_runs(uri, exp_id)
+            unfinished = any(errors.get(t.key(), "unfinished") == "unfinished" for t in pending)
+            if interrupted or unfinished:  # end the trial processes, then close the runs they left RUNNING
+                launch.stop_ray()
+            reap_dead_runs(uri, exp_id, wait_s=20.0 if (interrupted or unfinished) else 0.0)
         done = tracking.finished_trials(uri, exp_id)
         for t in trials:
             key = t.key()

@@ -189,10 +189,26 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def reap_dead_runs(uri: str, experiment_id: str, *, max_age_hours: float = 72.0) -> list[str]:
+def reap_dead_runs(uri: str, experiment_id: str, *, max_age_hours: float = 72.0, wait_s: float = 0.0) -> list[str]:
     """Mark KILLED (``hashbench.status=lost``) every RUNNING trial run of the experiment whose owner
     process is gone: on this host, its pid is not alive; on another host, it has not logged for
-    ``max_age_hours``. Returns the run ids reaped."""
+    ``max_age_hours``. With ``wait_s``, keep looking that long for owners on this host that are still
+    ending (after an interrupt). Returns the run ids reaped."""
+    deadline = time.monotonic() + wait_s
+    reaped = _reap_once(uri, experiment_id, max_age_hours)
+    while time.monotonic() < deadline and _live_local_runs(uri, experiment_id):
+        time.sleep(0.5)
+        reaped += _reap_once(uri, experiment_id, max_age_hours)
+    return reaped
+
+
+def _live_local_runs(uri: str, experiment_id: str) -> list[str]:
+    host = socket.gethostname()
+    runs = tracking.client(uri).search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=5000)
+    return [r.info.run_id for r in runs if r.data.tags.get(TAG_HOST) == host and tracking.TAG_KEY in r.data.tags]
+
+
+def _reap_once(uri: str, experiment_id: str, max_age_hours: float) -> list[str]:
     c = tracking.client(uri)
     host = socket.gethostname()
     now_ms = time.time() * 1000
