@@ -278,7 +278,7 @@ def test_pixels_refused_and_contract():
 def test_trial_beats_random_codes_and_is_deterministic(method, tmp_path, repo_params, prepared_root):
     bits = 64 if method == "lsh" else 16
     # SePH at its defaults takes ~1 min on a busy 2-core machine: a cheaper solve here (same code path)
-    params = {"kl_iterations": 40, "klr_iterations": 50, "n_anchors": 200} if method.startswith("seph") else None
+    params = {"kl_iterations": 50, "klr_iterations": 50, "n_anchors": 200, "max_train": 800} if method.startswith("seph") else None
     spec = trial_spec(tmp_path, repo_params, method, bits, epochs=30, method_params=params, dataset="wikipedia")
     spec = spec.model_copy(update={"eval": spec.eval.model_copy(update={"index": spec.eval.index.model_copy(update={"kinds": []})})})
     prepared = prepared_root / "data" / "prepared" / "wikipedia"

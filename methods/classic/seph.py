@@ -32,8 +32,8 @@ Deviations:
   iterations). Same convex objective and minimiser; on Wikipedia (16 bits, image view) the ridge start
   alone is already below minFunc-style 500 iterations from zero (19,652 vs 20,784) and 200 iterations
   reach 18,760, in a quarter of the time;
-* the KL step uses at most ``max_train = 5000`` training items (a seeded subset; the n x n matrices are
-  dense): all of Wikipedia's 2,173;
+* codes and hash functions are learnt on at most ``max_train = 5000`` training items (a seeded subset;
+  the n x n matrices of the KL step are dense): all of Wikipedia's 2,173;
 * database items are encoded from the one view being searched (the evaluator compares query codes of one
   modality with database codes of the other); the paper's unified code for a database item with both
   views (combining the two views' predicted probabilities, Sec. 3.4) is not used.
@@ -146,7 +146,7 @@ def klr_fit(phi, phi0, targets, c, iterations):
     res = scipy.optimize.minimize(
         klr_objective, w0.ravel(), args=(phi, phi0, targets, c), jac=True, method="L-BFGS-B", options={"maxiter": iterations}
     )
-    return res.x.reshape(m, k), float(res.fun)
+    return res.x.reshape(m, targets.shape[1]), float(res.fun)
 
 
 def mean_sq_distance(x: np.ndarray) -> float:
