@@ -34,7 +34,7 @@ import torch
 from pydantic import Field
 
 from methods.base import ClosedFormMethod, DataInfo, MethodParams
-from methods.classic.common import VECTOR_KINDS, resolve_seed
+from methods.classic.common import VECTOR_KINDS, batch_vectors, resolve_seed
 from methods.registry import register_method
 
 
@@ -117,5 +117,5 @@ class CMFH(ClosedFormMethod):
         return {"objective": obj}
 
     def encode(self, batch, modality):
-        x = batch[modality].reshape(len(batch[modality]), -1).float()
+        x = batch_vectors(batch, modality)
         return (x - getattr(self, f"mean_{modality}")) @ getattr(self, f"proj_{modality}")

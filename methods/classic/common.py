@@ -67,13 +67,18 @@ def kmeans(x: np.ndarray, k: int, rng: np.random.Generator, iterations: int = 10
     return centres
 
 
-def ridge_solve(a: np.ndarray, b: np.ndarray, reg: float) -> np.ndarray:
-    """``(a^T a + reg I)^{-1} a^T b`` via a symmetric solve."""
-    g = a.T @ a
-    g[np.diag_indices_from(g)] += reg
-    return np.linalg.solve(g, a.T @ b)
-
-
 def check_bits(name: str, bits: int, limit: int, what: str) -> None:
     if bits > limit:
         raise MethodError(f"{name}: {bits} bits exceed {what} ({limit}); use at most {limit} bits")
+
+
+def batch_vectors(batch: dict, modality: str) -> torch.Tensor:
+    """The batch's ``modality`` as (B, dim) float32 rows."""
+    x = batch[modality]
+    return x.reshape(len(x), -1).float()
+
+
+def rbf_torch(x: torch.Tensor, anchors: torch.Tensor, sigma2: torch.Tensor) -> torch.Tensor:
+    """:func:`rbf` on torch tensors (the encoders' side)."""
+    d = ((x * x).sum(1, keepdim=True) + (anchors * anchors).sum(1)[None, :] - 2.0 * x @ anchors.T).clamp_min(0.0)
+    return torch.exp(-d / (2.0 * sigma2))

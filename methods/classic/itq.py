@@ -22,7 +22,7 @@ import torch
 from pydantic import Field
 
 from methods.base import ClosedFormMethod, DataInfo, MethodParams
-from methods.classic.common import VECTOR_KINDS, check_bits, resolve_seed, sign_pm1
+from methods.classic.common import VECTOR_KINDS, batch_vectors, check_bits, resolve_seed, sign_pm1
 from methods.registry import register_method
 
 
@@ -85,5 +85,5 @@ class ITQ(ClosedFormMethod):
         return {"quantization_loss": losses}
 
     def encode(self, batch, modality):
-        x = batch[modality].reshape(len(batch[modality]), -1).float()
+        x = batch_vectors(batch, modality)
         return (x - self.mean) @ self.proj

@@ -14,7 +14,7 @@ import torch
 from pydantic import Field
 
 from methods.base import ClosedFormMethod, DataInfo, MethodParams
-from methods.classic.common import VECTOR_KINDS, resolve_seed
+from methods.classic.common import VECTOR_KINDS, batch_vectors, resolve_seed
 from methods.registry import register_method
 
 
@@ -49,5 +49,5 @@ class LSH(ClosedFormMethod):
         return {}
 
     def encode(self, batch, modality):
-        x = batch[modality].reshape(len(batch[modality]), -1).float()
+        x = batch_vectors(batch, modality)
         return (x - self.mean) @ self.proj

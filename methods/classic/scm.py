@@ -41,7 +41,7 @@ import torch
 from pydantic import Field
 
 from methods.base import ClosedFormMethod, DataInfo, MethodParams
-from methods.classic.common import VECTOR_KINDS, check_bits, normalized_labels, sign_pm1
+from methods.classic.common import VECTOR_KINDS, batch_vectors, check_bits, normalized_labels, sign_pm1
 from methods.registry import register_method
 
 
@@ -113,7 +113,7 @@ class _SCM(ClosedFormMethod):
         return {"eigenvalue": list(s)}
 
     def encode(self, batch, modality):
-        x = batch[modality].reshape(len(batch[modality]), -1).float()
+        x = batch_vectors(batch, modality)
         return (x - getattr(self, f"mean_{modality}")) @ getattr(self, f"proj_{modality}")
 
 

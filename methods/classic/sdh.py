@@ -33,7 +33,7 @@ import torch
 from pydantic import Field
 
 from methods.base import ClosedFormMethod, DataInfo, MethodParams
-from methods.classic.common import VECTOR_KINDS, rbf, resolve_seed, sign_pm1, sq_dists
+from methods.classic.common import VECTOR_KINDS, batch_vectors, rbf, rbf_torch, resolve_seed, sign_pm1, sq_dists
 from methods.registry import register_method
 
 
@@ -129,7 +129,5 @@ class SDH(ClosedFormMethod):
         return {"objective": obj}
 
     def encode(self, batch, modality):
-        x = batch[modality].reshape(len(batch[modality]), -1).float()
-        a = self.anchors
-        d = ((x * x).sum(1, keepdim=True) + (a * a).sum(1)[None, :] - 2.0 * x @ a.T).clamp_min(0.0)
-        return (torch.exp(-d / (2.0 * self.sigma2)) - self.phi_mean) @ self.proj
+        x = batch_vectors(batch, modality)
+        return (rbf_torch(x, self.anchors, self.sigma2) - self.phi_mean) @ self.proj

@@ -48,7 +48,7 @@ import torch
 from pydantic import Field
 
 from methods.base import ClosedFormMethod, DataInfo, MethodParams
-from methods.classic.common import VECTOR_KINDS, kmeans, normalized_labels, rbf, resolve_seed, sign_pm1
+from methods.classic.common import VECTOR_KINDS, batch_vectors, kmeans, normalized_labels, rbf, rbf_torch, resolve_seed, sign_pm1
 from methods.registry import register_method
 
 
@@ -194,10 +194,9 @@ class _SePH(ClosedFormMethod):
         return out
 
     def encode(self, batch, modality):
-        x = batch[modality].reshape(len(batch[modality]), -1).float()
-        a = getattr(self, f"anchors_{modality}")
-        d = ((x * x).sum(1, keepdim=True) + (a * a).sum(1)[None, :] - 2.0 * x @ a.T).clamp_min(0.0)
-        return torch.exp(-d / (2.0 * getattr(self, f"sigma2_{modality}"))) @ getattr(self, f"weights_{modality}")
+        x = batch_vectors(batch, modality)
+        phi = rbf_torch(x, getattr(self, f"anchors_{modality}"), getattr(self, f"sigma2_{modality}"))
+        return phi @ getattr(self, f"weights_{modality}")
 
 
 @register_method

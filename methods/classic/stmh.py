@@ -44,7 +44,7 @@ import torch
 from pydantic import Field
 
 from methods.base import ClosedFormMethod, DataInfo, MethodParams
-from methods.classic.common import VECTOR_KINDS, resolve_seed, sq_dists
+from methods.classic.common import VECTOR_KINDS, batch_vectors, resolve_seed, sq_dists
 from methods.registry import register_method
 from pipeline.core.errors import MethodError
 
@@ -168,7 +168,7 @@ class STMH(ClosedFormMethod):
         return {"objective": obj}
 
     def encode(self, batch, modality):
-        x = batch[modality].reshape(len(batch[modality]), -1).float()
+        x = batch_vectors(batch, modality)
         if modality == "image":
             g = x @ self.image_map
             srt = g.sort(dim=1).values  # MATLAB's median: the mean of the two middle values for even K
