@@ -156,6 +156,11 @@ class ClosedFormMethod(HashMethod):
     def __init__(self, params: MethodParams, info: DataInfo, bits: int) -> None:
         super().__init__(params, info, bits)
         self.diagnostics: dict[str, list[float]] = {}
+        #: (n_train, bits) real codes the solve learnt jointly for the training items from all their
+        #: modalities (CMFH's V, SePH's H, STMH's G2), for methods whose papers index the database with
+        #: them; None otherwise. Not part of the state_dict; the shared evaluator encodes every item from
+        #: one modality and never reads it (benchmarks/classic_wikipedia.py reports both conventions).
+        self.unified_train_codes: np.ndarray | None = None
 
     def configure_optimizers(self, make_optimizer) -> dict[str, torch.optim.Optimizer]:
         return {}

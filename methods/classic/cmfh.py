@@ -74,7 +74,7 @@ def cmfh_step_p(x, v, mu, gamma):
 
 
 def cmfh_solve(x1, x2, bits, p: CMFHParams, rng: np.random.Generator):
-    """Run the alternating updates; returns (P1, P2, objective per iteration)."""
+    """Run the alternating updates; returns (P1, P2, V, objective per iteration)."""
     n = x1.shape[0]
     v = rng.random((n, bits))
     p1 = cmfh_step_p(x1, v, p.mu, p.gamma)
@@ -87,7 +87,7 @@ def cmfh_solve(x1, x2, bits, p: CMFHParams, rng: np.random.Generator):
         p1 = cmfh_step_p(x1, v, p.mu, p.gamma)
         p2 = cmfh_step_p(x2, v, p.mu, p.gamma)
         objective.append(cmfh_objective(x1, x2, v, u1, u2, p1, p2, p.lam, p.mu, p.gamma))
-    return p1, p2, objective
+    return p1, p2, v, objective
 
 
 @register_method
@@ -110,10 +110,11 @@ class CMFH(ClosedFormMethod):
 
     def solve(self, features, labels):
         xs = {m: features[m] - features[m].mean(0) for m in self.modalities}
-        p1, p2, obj = cmfh_solve(xs["image"], xs["text"], self.bits, self.params, np.random.default_rng(self.seed))
+        p1, p2, v, obj = cmfh_solve(xs["image"], xs["text"], self.bits, self.params, np.random.default_rng(self.seed))
         for m, proj in (("image", p1), ("text", p2)):
             self.set_buffer(f"mean_{m}", features[m].mean(0))
             self.set_buffer(f"proj_{m}", proj)
+        self.unified_train_codes = v - v.mean(0)  # CMFH's unified codes of the training items: sign(V), V centred
         return {"objective": obj}
 
     def encode(self, batch, modality):

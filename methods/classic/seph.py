@@ -178,6 +178,8 @@ class _SePH(ClosedFormMethod):
         subset = np.sort(rng.choice(n, size=p.max_train, replace=False)) if n > p.max_train else np.arange(n)
         h, kl = seph_codes(labels[subset], self.bits, p.alpha, p.kl_iterations, rng)
         targets = sign_pm1(h)
+        if len(subset) == n:
+            self.unified_train_codes = h.astype(np.float64)
         out = {"kl_objective": kl}
         for m in self.modalities:
             x = features[m][subset]

@@ -134,7 +134,7 @@ def stmh_solve(x, t, bits, p: STMHParams, rng):
         g1 = stmh_step_g1(x, f1, g2, r, dw, p)
         g2 = stmh_step_g2(t, f2, g1, r, p, active)
         objective.append(stmh_objective(x, t, f1, f2, g1, g2, r, p))
-    return f1, f2, r, objective
+    return f1, f2, r, g2, objective
 
 
 @register_method
@@ -159,12 +159,13 @@ class STMH(ClosedFormMethod):
 
     def solve(self, features, labels):
         p = self.params
-        f1, f2, r, obj = stmh_solve(features["image"], features["text"], self.bits, p, np.random.default_rng(self.seed))
+        f1, f2, r, g2, obj = stmh_solve(features["image"], features["text"], self.bits, p, np.random.default_rng(self.seed))
         proj = f1 @ np.linalg.inv(f1.T @ f1 + (p.gamma / p.r1) * np.eye(self.bits))
         self.set_buffer("f1", f1)
         self.set_buffer("f2", f2)
         self.set_buffer("r", r)
         self.set_buffer("image_map", proj @ r)
+        self.unified_train_codes = 2.0 * g2 - 1.0  # the training pairs' topic indicators
         return {"objective": obj}
 
     def encode(self, batch, modality):
