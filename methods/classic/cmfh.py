@@ -20,8 +20,8 @@ modality being searched (the database's text codes for image queries and vice ve
 
 Defaults: ``lam = 0.5``, ``mu = 100``, ``gamma = 0.01`` (the paper's Sec. 4.2 setting, also the values in
 the authors' released demo, ``alphas = [0.5 0.5]``, ``mu = 100``, ``gamma = 0.01``); ``iterations = 25``
-(the released code's fixed count; J changes by < 1e-4 relative after ~10 on Wikipedia). ``V`` starts as
-U(0, 1) draws as in the released code, seeded.
+(the released code's fixed count). ``V`` starts as U(0, 1) draws as in the released code, seeded, and
+``P_m`` as the P-step's solution for that V.
 
 Deviations: none in the model. The released code (TKDE version) weights the regularisers by the view
 weights; we keep the CVPR objective above. Update order U, V, P as in the released code.
