@@ -11,6 +11,14 @@ and implements the hooks below. The loop runs, per epoch, one pass over the trai
 phase that :meth:`HashMethod.phases` returns, calling :meth:`training_step` per batch and stepping the
 optimizer of that phase on the returned ``"loss"``. Alternating optimisation (e.g. DCMH's image pass,
 then text pass, then the closed-form update of B) is expressed as phases plus :meth:`on_epoch_end`.
+
+Methods without mini-batch gradient training (the classic shallow baselines: CMFH, SCM, SePH, STMH,
+LSH, ITQ, SDH) subclass :class:`ClosedFormMethod`: ``trains_by_gradient`` is False, there are no
+phases and no optimizers, and the whole solve (closed-form steps, alternating updates, a generic
+solver) runs once in :meth:`HashMethod.on_train_start` over the whole training set
+(``TrainData.batches()`` in index order, ``TrainData.labels``). The loop then runs at most one epoch
+(an empty one: no phase, only :meth:`HashMethod.on_epoch_end`, where such a method reports its solver
+diagnostics), whatever ``train.epochs`` says; ``encode`` applies the learnt out-of-sample projection.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Mapping
 
+import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict
 
@@ -62,6 +71,9 @@ class HashMethod(torch.nn.Module):
     #: (the loop shards batches and all-reduces gradients; whole-training-set state must be gathered), and
     #: the incremental-class protocol (see :meth:`on_increment_start`)
     supports_distributed: ClassVar[bool] = False
+    #: False for methods that learn without mini-batch SGD (see :class:`ClosedFormMethod`): the loop
+    #: then runs at most one (empty) epoch.
+    trains_by_gradient: ClassVar[bool] = True
 
     def __init__(self, params: MethodParams, info: DataInfo, bits: int) -> None:
         super().__init__()
@@ -120,6 +132,7 @@ class HashMethod(torch.nn.Module):
             "input_kinds": sorted(cls.input_kinds),
             "distributed": cls.supports_distributed,
             "incremental": cls.supports_incremental,
+            "closed_form": not cls.trains_by_gradient,
         }
 
     def increment_replay(self, n_old: int):
@@ -141,3 +154,69 @@ class HashMethod(torch.nn.Module):
         never again.
         """
         raise MethodError(f"method {self.name!r} does not support the incremental-class protocol (no on_increment_start)")
+
+
+class ClosedFormMethod(HashMethod):
+    """Base of methods that train in closed form / by alternating exact updates, not by mini-batch SGD.
+
+    A subclass implements :meth:`solve` (the whole training on the full training set, given as float64
+    NumPy arrays: one (n_train, dim) matrix per modality in ``modalities`` and the (n_train, C) labels)
+    and ``encode``. Learnt projections live in buffers (sized in ``__init__``) so a state_dict restores
+    the model. :meth:`solve` may return diagnostics (e.g. the objective per iteration); the last value
+    of each is reported as an epoch metric and the whole list is kept in ``self.diagnostics``.
+    """
+
+    trains_by_gradient: ClassVar[bool] = False
+
+    def __init__(self, params: MethodParams, info: DataInfo, bits: int) -> None:
+        super().__init__(params, info, bits)
+        self.diagnostics: dict[str, list[float]] = {}
+        #: (n_train, bits) real codes the solve learnt jointly for the training items from all their
+        #: modalities (CMFH's V, SePH's H, STMH's G2), for methods whose papers index the database with
+        #: them; None otherwise. Not part of the state_dict; the shared evaluator encodes every item from
+        #: one modality and never reads it (benchmarks/classic_wikipedia.py reports both conventions).
+        self.unified_train_codes: np.ndarray | None = None
+
+    def configure_optimizers(self, make_optimizer) -> dict[str, torch.optim.Optimizer]:
+        return {}
+
+    def phases(self, epoch: int) -> list[str]:
+        return []
+
+    def training_step(self, batch: dict[str, torch.Tensor], phase: str) -> dict[str, torch.Tensor]:
+        raise MethodError(f"{self.name}: trains in closed form in on_train_start; it has no training_step")
+
+    @torch.no_grad()
+    def on_train_start(self, data: TrainData) -> None:
+        if data.batches is None:
+            raise MethodError(f"{self.name}: TrainData.batches is missing; a closed-form method needs the whole training set")
+        n = int(data.labels.shape[0])
+        feats = {m: np.zeros((n, self.info.modalities[m].dim), dtype=np.float64) for m in self.modalities}
+        seen = np.zeros(n, dtype=bool)
+        for batch in data.batches():
+            idx = batch["index"].cpu().numpy()
+            for m in self.modalities:
+                feats[m][idx] = batch[m].reshape(len(idx), -1).double().cpu().numpy()
+            seen[idx] = True
+        if not seen.all():
+            raise MethodError(
+                f"{self.name}: TrainData.batches of dataset {self.info.dataset!r} covered {int(seen.sum())} of {n} training items"
+            )
+        labels = data.labels.double().cpu().numpy()
+        diagnostics = self.solve(feats, labels) or {}
+        self.diagnostics = {k: [float(v) for v in vals] for k, vals in diagnostics.items()}
+
+    def solve(self, features: dict, labels) -> dict[str, list[float]] | None:
+        """Train on the whole training set (``features[m]``: (n, dim) float64 arrays; ``labels``: (n, C))."""
+        raise NotImplementedError
+
+    def on_epoch_end(self, epoch: int, data: TrainData) -> dict[str, float]:
+        return {k: v[-1] for k, v in self.diagnostics.items() if v}
+
+    def set_buffer(self, name: str, value) -> None:
+        """Copy a NumPy array into the registered buffer ``name`` (shape-checked)."""
+        buf = getattr(self, name)
+        t = torch.as_tensor(value, dtype=buf.dtype)
+        if tuple(t.shape) != tuple(buf.shape):
+            raise MethodError(f"{self.name}: solved {name} has shape {tuple(t.shape)}, expected {tuple(buf.shape)}")
+        buf.copy_(t.to(buf.device))

@@ -25,6 +25,13 @@ _MODULES: tuple[str, ...] = (
     "methods.adih",
     "methods.mfpmc",
     "methods.ltdual",
+    "methods.classic.cmfh",
+    "methods.classic.scm",
+    "methods.classic.seph",
+    "methods.classic.stmh",
+    "methods.classic.lsh",
+    "methods.classic.itq",
+    "methods.classic.sdh",
 )
 
 _REGISTRY: dict[str, type[HashMethod]] = {}

@@ -260,7 +260,7 @@ def cmd_list(args) -> int:
     for n in available_methods():
         c = get_method_class(n)
         caps = c.capabilities()
-        flags = "".join(f" {k}" for k in ("distributed", "incremental") if caps[k])
+        flags = "".join(f" {k}" for k in ("distributed", "incremental", "closed_form") if caps[k])
         print(f"  {n:12s} modalities={','.join(c.modalities)} inputs={','.join(caps['input_kinds'])}{flags}  {c.paper}")
     try:
         params = _params(args)

@@ -17,8 +17,8 @@ def test_repository_params_load():
     assert set(params.suites_of_profile("demo")) == {"demo-wikipedia", "demo-digits", "demo-digits-lt100"}
     assert params.train.device == "auto"
     trials = expand_suite(params, "demo-wikipedia")
-    assert len(trials) == 5 * 2 * 2
-    assert {t.method for t in trials} == {"dcmh", "prdh", "cmhh", "mfpmc", "adih"}
+    assert len(trials) == 7 * 2 * 2
+    assert {t.method for t in trials} == {"dcmh", "prdh", "cmhh", "mfpmc", "adih", "cmfh", "seph-km"}
     assert {t.method_params["image_hidden"] == [512] for t in trials if t.method == "mfpmc"} == {True}  # suite override
     assert all(t.train.epochs == 30 for t in trials)  # suite override applied
 

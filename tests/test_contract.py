@@ -142,7 +142,7 @@ def _one_step(name: str, hyper: dict, info: DataInfo, seed: int):
     method.on_train_start(data)
     losses: dict[str, dict[str, torch.Tensor]] = {}
     phases = method.phases(0)
-    if getattr(method, "trains_by_gradient", True):  # closed-form methods (no phases) have no such attribute yet on every branch
+    if method.trains_by_gradient:  # closed-form methods (no phases) have no such attribute yet on every branch
         assert phases, f"{name}: a method that trains by gradient needs at least one phase in epoch 0"
     for phase in phases:
         assert phase in opts, f"{name}: phase {phase!r} has no optimizer (has {sorted(opts)})"
@@ -185,7 +185,7 @@ def test_method_contract(entry, name, hyper, monkeypatch, tmp_path):
     for phase, terms in losses.items():
         for k, v in terms.items():
             assert torch.equal(v, losses_again[phase][k]), (entry, phase, k)
-    if getattr(method, "trains_by_gradient", True):
+    if method.trains_by_gradient:
         _, _, _, codes_other = _one_step(name, hyper, info, seed=1)
         for m in codes:
             assert not torch.equal(codes[m], codes_other[m]), (entry, m)  # the seed reaches the model

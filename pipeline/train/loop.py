@@ -228,6 +228,8 @@ def fit(
     opts = method.configure_optimizers(optimizer_factory(spec.train.optimizer))
     bs = spec.train.batch_size
     n_epochs = spec.train.epochs if epochs is None else int(epochs)
+    if not getattr(method, "trains_by_gradient", True):  # closed-form methods solve in start(): one empty epoch
+        n_epochs = min(n_epochs, 1)
     t0 = time.perf_counter()
     if start is not None:
         start()
