@@ -64,7 +64,9 @@ def scm_eig(c: np.ndarray, cxx: np.ndarray, cyy: np.ndarray, k: int) -> tuple[np
     s, w = scipy.linalg.eigh(a, cxx, subset_by_index=[dx - k, dx - 1])
     order = np.argsort(-s)
     s, wx = s[order], w[:, order]
-    wy = cyy_inv_ct @ wx / np.sqrt(np.maximum(s, 1e-300))
+    # the 1/sqrt(eigenvalue) scale does not change sign codes; floored so directions beyond the rank of the
+    # semantic correlation (eigenvalue ~ 0) stay finite instead of 0/0
+    wy = cyy_inv_ct @ wx / np.sqrt(np.maximum(s, 1e-12 * max(float(s.max()), 1.0)))
     return wx, wy, s
 
 
