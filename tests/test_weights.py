@@ -268,3 +268,33 @@ def test_dvc_has_a_fetch_stage_per_builtin_entry():
 
     dvc = yaml.safe_load((Path(__file__).resolve().parents[1] / "dvc.yaml").read_text())
     assert sorted(dvc["stages"]["fetch-weights"]["foreach"]) == sorted(W._builtin())
+
+
+def test_runs_are_tagged_with_their_weights_or_random_init(tmp_path, repo_params, prepared_root, one_torch_thread):
+    """A weights name in a method parameter trains from the fetched file; a pixel backbone without weights says random-init."""
+    import shutil
+
+    from methods.nets.efficientnet_lite import EfficientNetLite0
+    from pipeline.train.loop import run_trial
+    from tests.conftest import trial_spec
+
+    root = tmp_path / "proj"
+    shutil.copytree(prepared_root / "data" / "prepared" / "digits", root / "data" / "prepared" / "digits")
+    torch.manual_seed(0)
+    buf = io.BytesIO()
+    torch.save(EfficientNetLite0().state_dict(), buf)
+    payload = buf.getvalue()
+    folder = tmp_path / "weights" / "lite_fake"
+    folder.mkdir(parents=True)
+    (folder / "lite.pth").write_bytes(payload)
+    W.register_weights(W.WeightsEntry(name="lite_fake", architecture="efficientnet_lite0", license="t", source="manual",
+                                      file=RemoteFile(name="lite.pth", sha256=hashlib.sha256(payload).hexdigest())))
+    W.fetch_weights("lite_fake")
+    spec = trial_spec(tmp_path, repo_params, "csq", 16, 1, method_params={"backbone": "efficientnet_lite0", "weights": "lite_fake", "hidden": []})
+    assert spec.method_params["weights"] == "lite_fake"  # the trial key holds the name, not a machine's path
+    out = run_trial(spec, root / "data" / "prepared" / "digits", device="cpu")
+    assert out.tags["weights.weights"] == f"pretrained lite_fake sha256={hashlib.sha256(payload).hexdigest()}"
+    assert out.tags["hashbench.init"] == "pretrained (lite_fake)"
+    spec = trial_spec(tmp_path, repo_params, "csq", 16, 1, method_params={"backbone": "small_cnn"})
+    out = run_trial(spec, root / "data" / "prepared" / "digits", device="cpu")
+    assert out.tags["weights.weights"] == "random-init (small_cnn)" and out.tags["hashbench.init"].startswith("random-init")
