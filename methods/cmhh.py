@@ -70,12 +70,12 @@ class CMHHParams(MethodParams):
     gamma: float = Field(2.0, ge=0, description="focal exponent (focal loss default 2)")
     lambda_q: float = Field(0.0, ge=0, description="weight of the quantization loss sum_k (|h_k| - 1)^2, mean over items (0 by default: see the module docstring)")
     weighted: bool = Field(True, description="re-balance similar/dissimilar pairs with w = |S|/|S_1|, |S|/|S_0|")
-    image_backbone: str = Field("auto", description="'auto' (MLP on features, small CNN on pixels), 'mlp', 'small_cnn' or a torchvision model name")
+    image_backbone: str = Field("auto", description="'auto' (MLP on features, small CNN on pixels), 'mlp', 'small_cnn', 'cnnf' (the papers' CNN-F), 'efficientnet_lite0' or a torchvision model name")
     text_backbone: str = Field("auto", description="'auto' / 'mlp' (bag-of-words or text features)")
     image_hidden: tuple[int, ...] = Field((512,), description="hidden widths of the image MLP head (512: the 4096-wide head collapsed at 16 bits, see docstring)")
     text_hidden: tuple[int, ...] = Field((512,), description="hidden widths of the text MLP (512: see docstring)")
     dropout: float = Field(0.0, ge=0, lt=1, description="dropout after every hidden layer of the MLP heads")
-    image_weights: str | None = Field(None, description="local state_dict for a torchvision image backbone (never downloaded)")
+    image_weights: str | None = Field(None, description="pretrained weights of the image backbone: a weights entry (e.g. cnnf, resnet50; `hashbench fetch-weights`) or a local state_dict file; none = random init (tagged)")
     init: Literal["forward", "random"] = Field("forward", description="initial stored outputs (see methods/dcmh.py)")
 
     def effective_beta(self) -> float:

@@ -71,12 +71,12 @@ class DCMHParams(MethodParams):
 
     gamma: float = Field(1.0, ge=0, description="weight of ||B-F||^2 + ||B-G||^2 (paper: gamma = 1)")
     eta: float = Field(1.0, ge=0, description="weight of the bit-balance terms ||F^T 1||^2 + ||G^T 1||^2 (paper: eta = 1)")
-    image_backbone: str = Field("auto", description="'auto' (MLP on features, small CNN on pixels), 'mlp', 'small_cnn' or a torchvision model name")
+    image_backbone: str = Field("auto", description="'auto' (MLP on features, small CNN on pixels), 'mlp', 'small_cnn', 'cnnf' (the papers' CNN-F), 'efficientnet_lite0' or a torchvision model name")
     text_backbone: str = Field("auto", description="'auto' / 'mlp' (bag-of-words or text features)")
     image_hidden: tuple[int, ...] = Field((4096,), description="hidden widths of the image MLP head (CNN-F's fc layers are 4096 wide)")
     text_hidden: tuple[int, ...] = Field((8192,), description="hidden widths of the text MLP (paper: BoW -> 8192 -> K)")
     dropout: float = Field(0.0, ge=0, lt=1, description="dropout after every hidden layer of the MLP heads")
-    image_weights: str | None = Field(None, description="local state_dict for a torchvision image backbone (never downloaded)")
+    image_weights: str | None = Field(None, description="pretrained weights of the image backbone: a weights entry (e.g. cnnf, resnet50; `hashbench fetch-weights`) or a local state_dict file; none = random init (tagged)")
     normalize: bool = Field(True, description="divide the batch objective by batch_size * n_train (see module docstring)")
     balance_f1: Literal["drift", "stale", "batch"] = Field(
         "drift",

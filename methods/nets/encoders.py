@@ -5,10 +5,14 @@ Every encoder is ``trunk -> head``: the trunk turns one input into a flat vector
 (ReLU between layers, optional dropout, last layer linear). Methods put their own squashing
 (``tanh`` etc.) on top.
 
-Torchvision backbones are always built with ``weights=None`` (random init): nothing is ever downloaded.
-A local weights file (a ``state_dict`` of the torchvision model, classifier included or not) can be given
-with ``weights=PATH``; it is loaded with ``torch.load(..., weights_only=True)`` before the classifier
-is removed.
+Pixel backbones: ``small_cnn`` (ours, random init), ``cnnf`` (CNN-F, :mod:`methods.nets.cnnf`),
+``efficientnet_lite0`` (:mod:`methods.nets.efficientnet_lite`) and every torchvision classification
+model. They are built with ``weights=None`` (nothing is ever downloaded here) and loaded from a local
+weights file given with ``weights=PATH`` (``torch.load(..., weights_only=True)``, before the classifier
+is removed). A suite asks for pretrained weights by naming a registry entry in the method's
+``weights`` / ``image_weights`` parameter (e.g. ``resnet50_imagenet1k_v1``, or the backbone name for its
+default ImageNet entry); the training loop replaces the name by the fetched, verified file
+(pipeline/data/weights.py) and tags the run; a pixel backbone without weights is tagged ``random-init``.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from pipeline.core.errors import MethodError
 
 #: backbone names that are not torchvision models
 OWN_BACKBONES = ("auto", "mlp", "small_cnn")
+#: pixel backbones of our own that accept ImageNet weights (beside every torchvision model)
+PRETRAINABLE_OWN = ("cnnf", "efficientnet_lite0")
 #: ImageNet statistics used in front of torchvision backbones (they expect them with pretrained weights)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -142,6 +148,31 @@ def torchvision_trunk(name: str, in_channels: int, weights: str | None = None) -
     return TorchvisionTrunk(model, width, in_channels)
 
 
+def pixel_trunk(name: str, in_channels: int, weights: str | None = None, input_size: int | None = None) -> tuple[nn.Module, int]:
+    """A pretrainable pixel backbone without classifier, (trunk, output width): ``cnnf``, ``efficientnet_lite0`` or a
+    torchvision model, loading the local ``weights`` file when given. Trunks take [0, 1] RGB (grey is repeated)."""
+    if name == "cnnf":
+        from methods.nets.cnnf import CNNF, load_cnnf_weights
+
+        net = CNNF(in_channels, input_size or 224)
+        if weights:
+            load_cnnf_weights(net, weights)
+        return net, CNNF.out_dim
+    if name == "efficientnet_lite0":
+        from methods.nets.efficientnet_lite import EfficientNetLite0, LiteTrunk
+        from methods.nets.weights import load_state_dict_into, read_state_dict
+
+        if in_channels not in (1, 3):
+            raise MethodError(f"backbone {name!r} takes 1- or 3-channel images, got {in_channels} channels")
+        model = EfficientNetLite0()
+        if weights:
+            load_state_dict_into(model, read_state_dict(weights, f"backbone {name!r}"), weights, f"backbone {name!r}", expected="EfficientNet-Lite0")
+        model._fc = nn.Identity()
+        return LiteTrunk(model), EfficientNetLite0.out_dim
+    tv = torchvision_trunk(name, in_channels, weights)
+    return tv, tv.out_dim
+
+
 class Encoder(nn.Module):
     """``trunk`` (flat vector of width ``trunk_dim``) followed by the MLP ``head`` to ``out_dim``."""
 
@@ -167,9 +198,9 @@ def build_encoder(
 ) -> Encoder:
     """Encoder for one modality: ``features``/``bow`` -> MLP, ``pixels`` -> small CNN or a torchvision model.
 
-    ``backbone``: ``"auto"`` (MLP for features/bow, ``small_cnn`` for pixels), ``"mlp"``, ``"small_cnn"``
-    or the name of a torchvision classification model (``resnet18``, ``alexnet``, ...; pixels only,
-    random init unless ``weights`` names a local state_dict file). ``hidden`` are the widths of the MLP
+    ``backbone``: ``"auto"`` (MLP for features/bow, ``small_cnn`` for pixels), ``"mlp"``, ``"small_cnn"``,
+    ``"cnnf"``, ``"efficientnet_lite0"`` or the name of a torchvision classification model (``resnet18``,
+    ``alexnet``, ...; pixels only, random init unless ``weights`` names a local state_dict file). ``hidden`` are the widths of the MLP
     head between the trunk and the ``out_dim`` outputs (empty = one linear layer).
     """
     if spec.kind not in ("features", "pixels", "bow"):
@@ -183,7 +214,10 @@ def build_encoder(
         trunk: nn.Module = nn.Flatten()
         trunk_dim = spec.dim
     elif spec.kind != "pixels":
-        raise MethodError(f"modality {spec.name!r} is {spec.kind!r}; backbone {backbone!r} needs pixels (use 'mlp' or 'auto')")
+        raise MethodError(
+            f"modality {spec.name!r} is {spec.kind!r} (e.g. frozen backbone features); backbone {backbone!r} needs pixels "
+            f"(use 'mlp' or 'auto', or a suite on the pixel dataset)"
+        )
     elif len(spec.shape) != 3:
         raise MethodError(f"modality {spec.name!r}: pixels must have shape (C, H, W), got {spec.shape}")
     elif name == "small_cnn":
@@ -191,7 +225,6 @@ def build_encoder(
         cnn = SmallCNN(c, h, w, channels=cnn_channels)
         trunk, trunk_dim = cnn, cnn.out_dim
     else:
-        tv = torchvision_trunk(name, spec.shape[0], weights)
-        trunk, trunk_dim = tv, tv.out_dim
+        trunk, trunk_dim = pixel_trunk(name, spec.shape[0], weights)
     head = mlp(trunk_dim, hidden, out_dim, dropout=dropout)
     return Encoder(trunk, trunk_dim, head, out_dim)

@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F_
 from torch import nn
 
+from methods.nets.cnnf import CNNF, CNNF_MEAN_RGB, load_cnnf_weights  # noqa: F401 - CNNF lives in methods/nets/cnnf.py (shared)
 from pipeline.core.types import ModalitySpec
 from methods.nets.encoders import SmallCNN, mlp, torchvision_trunk
 from pipeline.core.errors import MethodError
@@ -47,8 +48,6 @@ from pipeline.core.errors import MethodError
 #: pool sizes of the paper's modules (Table 1: IMFM, Table 2: TMFM)
 IMFM_POOLS = (5, 10, 15)
 TMFM_POOLS = (50, 30, 15, 10, 5)
-#: the MatConvNet CNN-F's mean colour (0-255 scale)
-CNNF_MEAN_RGB = (123.68, 116.78, 103.94)
 
 
 class MultiScaleFusion1d(nn.Module):
@@ -122,64 +121,6 @@ class MultiScaleFusion2d(nn.Module):
         if self.merge is None:
             return x + torch.stack(parts, 0).sum(0)
         return self.merge(torch.cat([x, *parts], dim=1))
-
-
-class CNNF(nn.Module):
-    """CNN-F (Chatfield et al., BMVC 2014) up to fc7: (B, C, H, W) in [0, 1] -> (B, 4096). See the module docstring."""
-
-    out_dim = 4096
-
-    def __init__(self, in_channels: int = 3, input_size: int = 224, dropout: float = 0.0) -> None:
-        super().__init__()
-        if in_channels not in (1, 3):
-            raise MethodError(f"cnnf takes 1- or 3-channel images, got {in_channels} channels")
-        self.in_channels = int(in_channels)
-        self.input_size = int(input_size)
-        lrn = dict(size=5, alpha=1e-4, beta=0.75, k=2.0)
-        self.features = nn.Sequential(
-            OrderedDict(
-                [
-                    ("conv1", nn.Conv2d(3, 64, 11, stride=4)),
-                    ("relu1", nn.ReLU(inplace=True)),
-                    ("norm1", nn.LocalResponseNorm(**lrn)),
-                    ("pool1", nn.MaxPool2d(3, stride=2, ceil_mode=True)),
-                    ("conv2", nn.Conv2d(64, 256, 5, padding=2)),
-                    ("relu2", nn.ReLU(inplace=True)),
-                    ("norm2", nn.LocalResponseNorm(**lrn)),
-                    ("pool2", nn.MaxPool2d(3, stride=2, ceil_mode=True)),
-                    ("conv3", nn.Conv2d(256, 256, 3, padding=1)),
-                    ("relu3", nn.ReLU(inplace=True)),
-                    ("conv4", nn.Conv2d(256, 256, 3, padding=1)),
-                    ("relu4", nn.ReLU(inplace=True)),
-                    ("conv5", nn.Conv2d(256, 256, 3, padding=1)),
-                    ("relu5", nn.ReLU(inplace=True)),
-                    ("pool5", nn.MaxPool2d(3, stride=2, ceil_mode=True)),
-                ]
-            )
-        )
-        self.pool = nn.AdaptiveAvgPool2d(6)  # identity for 224 x 224 inputs
-        self.fc6 = nn.Linear(256 * 6 * 6, 4096)
-        self.fc7 = nn.Linear(4096, 4096)
-        self.dropout = float(dropout)
-        self.register_buffer("mean", torch.tensor(CNNF_MEAN_RGB).view(1, 3, 1, 1), persistent=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[1] == 1:
-            x = x.expand(-1, 3, -1, -1)
-        if tuple(x.shape[-2:]) != (self.input_size, self.input_size):
-            x = F_.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False)
-        x = x * 255.0 - self.mean
-        x = torch.flatten(self.pool(self.features(x)), 1)
-        x = F_.dropout(F_.relu(self.fc6(x)), self.dropout, self.training)
-        return F_.dropout(F_.relu(self.fc7(x)), self.dropout, self.training)
-
-
-def load_cnnf_weights(model: CNNF, path: str) -> None:
-    """Load a local ``state_dict`` (this module's keys; a ``state_dict`` entry of a checkpoint also works) into ``model``."""
-    from methods.nets.weights import load_state_dict_into, read_state_dict
-
-    state = {k: v for k, v in read_state_dict(path, "cnnf").items() if not k.startswith("fc8.")}
-    load_state_dict_into(model, state, path, "cnnf", expected="CNN-F (keys features.conv1.weight ... fc7.bias)")
 
 
 class _GradReverse(torch.autograd.Function):

@@ -118,8 +118,11 @@ def check_params(params: Params) -> None:
         method_params(params, name, {})
     for sname, suite in params.suites.items():
         where = f"{src}: suites.{sname}"
-        if suite.dataset not in params.datasets:
-            raise ConfigError(f"{where}.dataset: {suite.dataset!r} is not configured under 'datasets'; configured: {', '.join(params.datasets)}")
+        base, backbone = suite.dataset.partition("+")[::2]
+        if base not in params.datasets:
+            raise ConfigError(f"{where}.dataset: {base!r} is not configured under 'datasets'; configured: {', '.join(params.datasets)}")
+        if "+" in suite.dataset:
+            _check_feature_suite(params, sname, suite, base, backbone)
         if suite.profile not in params.profiles:
             raise ConfigError(f"{where}.profile: unknown profile {suite.profile!r}; defined profiles: {', '.join(params.profiles)}")
         spec = get_dataset(suite.dataset)
@@ -155,6 +158,25 @@ def check_params(params: Params) -> None:
 
     check_spaces(params)
 
+
+
+def _check_feature_suite(params: Params, sname: str, suite, base: str, backbone: str) -> None:
+    """A suite on ``<dataset>+<backbone>``: the backbone has ImageNet weights and every method accepts features."""
+    from pipeline.data.weights import DEFAULT_WEIGHTS
+
+    where = f"{params.source}: suites.{sname}"
+    if backbone not in DEFAULT_WEIGHTS:
+        raise ConfigError(
+            f"{where}.dataset: {suite.dataset!r} names backbone {backbone!r}, which has no weights entry; "
+            f"feature backbones: {', '.join(sorted(DEFAULT_WEIGHTS))}"
+        )
+    for i, m in enumerate(suite.methods):
+        cls = get_method_class(params.implementation(m))
+        if "features" not in cls.input_kinds:
+            raise ConfigError(
+                f"{where}.methods[{i}]: method {m!r} needs {sorted(cls.input_kinds)} input, but {suite.dataset!r} holds frozen "
+                f"{backbone} features; run it on the pixel dataset {base!r} instead"
+            )
 
 
 def params_hash(path: str | Path = DEFAULT_PARAMS) -> str:

@@ -220,7 +220,7 @@ class SuiteConfig(_Strict):
     """One benchmark unit: a dataset x methods x code lengths x seeds, run as one Ray Tune grid (an
     ``incremental`` suite: x new-class counts, run trial by trial, see pipeline/protocols/incremental.py)."""
 
-    dataset: str
+    dataset: str = Field(description="a dataset under 'datasets', or <dataset>+<backbone>: its frozen-backbone features (hashbench features)")
     profile: str
     methods: list[str] = Field(min_length=1)
     bits: list[int] = Field(min_length=1)
@@ -258,8 +258,9 @@ class Params(_Strict):
 
     # -- typed accessors ---------------------------------------------------------------------------
     def dataset_params(self, name: str):
-        """The dataset's validated parameter model."""
+        """The dataset's validated parameter model (a feature dataset ``<dataset>+<backbone>``: ``<dataset>``'s)."""
         spec = get_dataset(name)
+        name = name.partition("+")[0]
         return validate_model(spec.Params, self.datasets.get(name) or {}, f"datasets.{name}", self.source)
 
     def implementation(self, name: str) -> str:

@@ -74,8 +74,9 @@ class TrialRequest:
 def resolve_trial(params: Params, req: TrialRequest) -> TrialSpec:
     """The one resolution of a trial (bench suites, tune searches and incremental trials all use it)."""
     src, where = params.source, req.where or req.label
-    if req.dataset not in params.datasets:
-        raise ConfigError(f"{src}: {where}: dataset {req.dataset!r} is not configured under 'datasets'; configured: {', '.join(params.datasets)}")
+    base, _, backbone = req.dataset.partition("+")  # <dataset>+<backbone>: frozen features of <dataset>
+    if base not in params.datasets:
+        raise ConfigError(f"{src}: {where}: dataset {base!r} is not configured under 'datasets'; configured: {', '.join(params.datasets)}")
     if not isinstance(req.bits, int) or req.bits <= 0 or req.bits % 8:
         raise ConfigError(f"{src}: {where}: bits {req.bits!r} is not a positive multiple of 8")
     ds = get_dataset(req.dataset)
@@ -84,6 +85,11 @@ def resolve_trial(params: Params, req: TrialRequest) -> TrialSpec:
     missing = [m for m in cls.modalities if m not in ds.modalities]
     if missing:
         raise ConfigError(f"{src}: {where}: method {req.method!r} needs modalities {list(cls.modalities)}, dataset {req.dataset!r} has {list(ds.modalities)}")
+    if backbone and "features" not in cls.input_kinds:
+        raise ConfigError(
+            f"{src}: {where}: method {req.method!r} needs {sorted(cls.input_kinds)} input, but {req.dataset!r} holds frozen "
+            f"{backbone} features; run it on the pixel dataset {base!r} instead"
+        )
     protocol = req.protocol or ds.default_protocol
     if protocol not in ds.protocols:
         raise ConfigError(f"{src}: {where}: dataset {req.dataset!r} has no protocol {protocol!r}; available: {', '.join(ds.protocols)}")

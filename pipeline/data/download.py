@@ -70,6 +70,7 @@ class RemoteFile:
     sha256: str | None = None  # published sha256, when the source publishes one
     md5: str | None = None  # published md5, when the source publishes one
     size: int | None = None  # published size in bytes (a cheap early check)
+    sha256_prefix: str | None = None  # leading hex digits of the sha256 published in the file name (torch hub convention)
     description: str = ""  # what the file is (for manual-placement messages)
 
     def with_mirror(self, mirror: str | None) -> "RemoteFile":
@@ -279,6 +280,9 @@ def verify_file(path: Path, rf: RemoteFile, dataset: str, lock: ChecksumLock | N
         checks.append(("sha256", rf.sha256.lower(), sha, "published"))
     if rf.md5:
         checks.append(("md5", rf.md5.lower(), md5, "published"))
+    if rf.sha256_prefix:
+        prefix = rf.sha256_prefix.lower()
+        checks.append(("sha256 prefix", prefix, sha[: len(prefix)], "published in the file name"))
     if entry and entry.get("sha256"):
         checks.append(("sha256", entry["sha256"].lower(), sha, f"locked in {lock.path}"))
     if rf.size is not None and size != rf.size:
@@ -296,7 +300,10 @@ def verify_file(path: Path, rf: RemoteFile, dataset: str, lock: ChecksumLock | N
                 f"The file was moved aside to {bad} and will not be used. {_what_to_do(dataset, rf, path)} {how}"
             )
     if not (entry and entry.get("sha256")) and record:
-        origin = "published" if rf.sha256 else ("first-use (md5 matched the published md5)" if rf.md5 else "first-use")
+        origin = "published" if rf.sha256 else (
+            "first-use (md5 matched the published md5)" if rf.md5
+            else "first-use (sha256 prefix matched the file name)" if rf.sha256_prefix else "first-use"
+        )
         if retrust:
             origin += ", re-trusted (fetch --retrust)"
         _PENDING[(dataset, rf.name)] = _Pending(lock, sha, size, rf.url, origin, warn)
@@ -304,9 +311,11 @@ def verify_file(path: Path, rf: RemoteFile, dataset: str, lock: ChecksumLock | N
 
 
 def _what_to_do(dataset: str, rf: RemoteFile, path: Path) -> str:
+    # weights files are checked under the lock namespace "weights/<entry>" (pipeline/data/weights.py)
+    command = f"hashbench fetch-weights {dataset.split('/', 1)[1]}" if dataset.startswith("weights/") else f"hashbench fetch {dataset}"
     if rf.url:
-        return f"Run `hashbench fetch {dataset}` again to download it afresh from {rf.url}, or place a good copy at {path}."
-    return f"Place a good copy of {rf.name} at {path} and run `hashbench fetch {dataset}` again."
+        return f"Run `{command}` again to download it afresh from {rf.url}, or place a good copy at {path}."
+    return f"Place a good copy of {rf.name} at {path} and run `{command}` again."
 
 
 # -- HTTP download ----------------------------------------------------------------------------------

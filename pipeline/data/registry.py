@@ -76,8 +76,12 @@ def available_datasets() -> list[str]:
 
 
 def get_dataset(name: str) -> DatasetSpec:
-    """An instance of the dataset registered as ``name``; a clear error listing known names otherwise."""
+    """An instance of the dataset registered as ``name``; a clear error listing known names otherwise.
+
+    A feature dataset ``<dataset>+<backbone>`` (frozen-backbone features, pipeline/data/features.py) has the
+    metadata (modalities, protocols) of ``<dataset>``."""
     _load()
+    name = name.partition("+")[0]
     try:
         return _REGISTRY[name]()
     except KeyError:

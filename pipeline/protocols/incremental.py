@@ -48,8 +48,9 @@ from pipeline.data.incremental import IncrementalSplit, incremental_split, split
 from pipeline.data.loaders import PartView
 from pipeline.core.errors import MethodError
 from pipeline.eval.evaluate import evaluate_codes, retrieval_directions
+from pipeline.data.weights import resolve_method_weights
 from pipeline.train.executor import BodyResult, TrialContext, execute_trial
-from pipeline.train.loop import TrialObserver, fit, make_train_data, resolve_device, seed_everything
+from pipeline.train.loop import TrialObserver, fit, make_train_data, project_root, resolve_device, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -157,9 +158,12 @@ def run_incremental(
     seconds: dict[str, float] = {}
     history: dict[str, list] = {}
 
+    # weights names in *weights parameters -> the fetched, verified local files (pipeline/data/weights.py)
+    method_params, _ = resolve_method_weights(spec.method_params, project_root(prepared_dir))
+
     # 1. original step
     seed_everything(spec.seed)
-    method = create_method(spec.method, spec.method_params, replace(info, n_train=len(tr_old)), spec.bits).to(dev)
+    method = create_method(spec.method, method_params, replace(info, n_train=len(tr_old)), spec.bits).to(dev)
     incremental = bool(getattr(method.params, "incremental", True))
     td_old = make_train_data(tr_old, method.info, bs, dev)
     rng = np.random.default_rng(spec.seed)
@@ -208,7 +212,7 @@ def run_incremental(
     retrain_metrics: dict[str, float] = {}
     if retrain or not incremental:
         seed_everything(spec.seed)
-        full = create_method(spec.method, spec.method_params, replace(info, n_train=len(tr_all)), spec.bits).to(dev)
+        full = create_method(spec.method, method_params, replace(info, n_train=len(tr_all)), spec.bits).to(dev)
         td_all = make_train_data(tr_all, full.info, bs, dev)
         history["retrain"], seconds["retrain"] = fit(
             full, tr_all, td_all, spec, np.random.default_rng(spec.seed), dev, start=lambda: full.on_train_start(td_all)

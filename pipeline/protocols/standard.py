@@ -173,6 +173,18 @@ def _run_grid(pending: list[TrialSpec], params: Params, paths: ProjectPaths, ctx
     return out
 
 
+def fetch_trial_weights(trials, paths: ProjectPaths) -> list[str]:
+    """Fetch (or verify) every weights entry the trials' ``*weights`` parameters name, before any trial starts,
+    so that a missing file fails the suite at once (offline: naming URL and place) and the trials' workers
+    only read verified local files. Returns the entries."""
+    from pipeline.data.weights import fetch_weights, get_weights, is_weights_name
+
+    names = sorted({get_weights(v).name for t in trials for k, v in t.method_params.items() if k.endswith("weights") and is_weights_name(v)})
+    for name in names:
+        fetch_weights(name, paths.root)
+    return names
+
+
 def run_bench(params: Params, suite_name: str, paths: ProjectPaths, *, params_file: Path, dry_run: bool = False, verbose: bool = False) -> BenchSummary:
     """Run (or resume) one suite and write its summary file; raise if any trial did not finish."""
     t0 = time.perf_counter()
@@ -199,6 +211,7 @@ def run_bench(params: Params, suite_name: str, paths: ProjectPaths, *, params_fi
         errors: dict[str, str | None] = {}
         interrupted = False
         if pending:
+            fetch_trial_weights(pending, paths)
             ctx = TrialContext(
                 tracking_uri=uri,
                 experiment_id=exp_id,

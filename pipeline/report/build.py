@@ -155,6 +155,18 @@ def index_table(g: pd.DataFrame, direction: str) -> list[dict]:
     return rows
 
 
+def initialisation_notes(g: pd.DataFrame) -> dict[str, list[str]]:
+    """Where each method's image network started from (the runs' ``hashbench.init`` tags): ``random`` lists
+    the methods with a randomly initialised pixel backbone (every paper here starts from ImageNet weights),
+    ``other`` the remaining distinct setups (pretrained weights, frozen features)."""
+    out: dict[str, list[str]] = {"random": [], "other": []}
+    if "init" not in g:
+        return out
+    for (method, init), _ in g.dropna(subset=["init"]).groupby(["method", "init"]):
+        (out["random"] if str(init).startswith("random-init") else out["other"]).append(f"{method}: {init}")
+    return out
+
+
 def build_report(
     runs: ProfileRuns,
     out_dir: Path,
@@ -212,6 +224,7 @@ def build_report(
                     for m in names:
                         entry[m] = round(float(gg[f"m:{d}/{m}"].mean()), 6)
             section["overhead"] = _overhead(g)
+            section["init"] = initialisation_notes(g)
             section["provenance"] = {
                 key: sorted(set(g[col].dropna())) if col in g else []
                 for key, col in (("commits", "git_commit"), ("dirty", "git_dirty"), ("devices", "device"), ("manifests", "manifest"), ("ties", "ties"), ("ap_norm", "ap_norm"))

@@ -69,6 +69,7 @@ def collect_runs(uri: str, bench_dir: Path, suites: list[str], profile: str) -> 
                 "device": tags.get("device"),
                 "manifest": tags.get("data.manifest_sha256"),
                 "incremental_new": tags.get("hashbench.incremental_new"),
+                "init": tags.get("hashbench.init"),  # pretrained / random-init / frozen-features (pipeline/train/loop.py)
                 "weights": "; ".join(f"{k[len('weights.'):]}={v}" for k, v in sorted(tags.items()) if k.startswith("weights.")) or None,  # incremental-class protocol trials only
             }
             row.update({f"m:{tracking.metric_name_from_mlflow(k)}": v for k, v in run.data.metrics.items()})

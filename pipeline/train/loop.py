@@ -25,6 +25,7 @@ from methods.registry import create_method, get_method_class
 from pipeline.config import OptimizerConfig, TrialSpec
 from pipeline.data.formats import PreparedDataset
 from pipeline.data.loaders import SplitData
+from pipeline.data.weights import resolve_method_weights
 from pipeline.core.errors import MethodError, TrainingError
 from pipeline.eval.evaluate import EvaluationResult, evaluate_codes, retrieval_directions
 
@@ -137,7 +138,10 @@ def run_trial(
     info = ds.info(spec.protocol)
     if len(data.train) != info.n_train:  # tuning: the training set is the validation split's training part
         info = dataclasses.replace(info, n_train=len(data.train))
-    method = create_method(spec.method, spec.method_params, info, spec.bits).to(dev)
+    # weights names (registry entries) in *weights parameters -> the fetched, verified local files
+    method_params, init_tags = resolve_method_weights(spec.method_params, project_root(prepared_dir))
+    init_tags.update(initialisation_tags(spec.method_params, info, init_tags, ds.manifest.get("features")))
+    method = create_method(spec.method, method_params, info, spec.bits).to(dev)
     n_params = sum(p.numel() for p in method.parameters())
     bs = spec.train.batch_size
     rng = np.random.default_rng(spec.seed)
@@ -191,8 +195,46 @@ def run_trial(
         eval_seconds=eval_seconds,
         device=str(dev),
         n_parameters=n_params,
-        tags=dict(method.provenance_tags()),
+        tags={**init_tags, **method.provenance_tags()},
     )
+
+
+def project_root(prepared_dir: Path) -> Path:
+    """The project root of a prepared dataset folder ``<root>/data/prepared/<name>`` (where data/weights lives)."""
+    return Path(prepared_dir).resolve().parent.parent.parent
+
+
+#: backbone parameter -> its weights parameter, in the methods' parameter models
+_BACKBONE_WEIGHTS = {"backbone": "weights", "image_backbone": "image_weights"}
+
+
+def initialisation_tags(method_params: dict, info, weight_tags: dict[str, str], features: dict | None) -> dict[str, str]:
+    """``hashbench.init`` (``pretrained`` / ``random-init`` / ``frozen-features`` / ``n/a``) and, per image backbone
+    parameter without weights, ``weights.<param>: random-init (<backbone>)``; plus the feature set's provenance."""
+    tags: dict[str, str] = {}
+    image = info.modalities.get("image")
+    random_init = []
+    if image is not None and image.kind == "pixels":
+        for bkey, wkey in _BACKBONE_WEIGHTS.items():
+            if bkey not in method_params:
+                continue
+            name = method_params[bkey]
+            if name in ("mlp",):
+                continue
+            if method_params.get(wkey) is None and f"weights.{wkey}" not in weight_tags:
+                shown = name
+                tags[f"weights.{wkey}"] = f"random-init ({shown})"
+                random_init.append(shown)
+    if features:
+        tags["features.backbone"] = str(features.get("backbone"))
+        tags["features.weights"] = f"{features.get('weights')} sha256={features.get('weights_sha256')}"
+        tags["features.input_size"] = str(features.get("input_size"))
+        tags["hashbench.init"] = f"frozen-features {features.get('backbone')} ({features.get('weights')})"
+    elif random_init:
+        tags["hashbench.init"] = "random-init (" + ", ".join(random_init) + ")"
+    elif weight_tags:
+        tags["hashbench.init"] = "pretrained (" + ", ".join(v.split(" sha256=")[0].removeprefix("pretrained ") for v in weight_tags.values()) + ")"
+    return tags
 
 
 def make_train_data(part, info, batch_size: int, device) -> TrainData:
