@@ -35,11 +35,20 @@ def method_params(params: Params, method: str, override: Mapping[str, Any], wher
     return model.model_dump(mode="json")
 
 
-def trial_train(params: Params, suite: str, method: str) -> TrainConfig:
-    """Training settings of one method in one suite: global < method's ``train`` block < suite's ``train``."""
+def method_train(params: Params, method: str) -> dict[str, Any]:
+    """Training settings of ``method`` outside any suite, as a dict: the global ``train`` block < the
+    method's recipe in code (its class's ``train_defaults``, e.g. DCMH's SGD schedule and sampler, each
+    value with its source in the method's docstring) < the params.yaml ``methods.<method>.train`` block."""
     merged = params.train.model_dump()
-    merged = deep_merge(merged, method_block(params, method).get("train") or {})
-    merged = deep_merge(merged, params.suites[suite].train)
+    recipe = getattr(get_method_class(params.implementation(method)), "train_defaults", None) or {}
+    merged = deep_merge(merged, recipe)
+    return deep_merge(merged, method_block(params, method).get("train") or {})
+
+
+def trial_train(params: Params, suite: str, method: str) -> TrainConfig:
+    """Training settings of one method in one suite: global < method's recipe (code) < method's ``train``
+    block < suite's ``train``."""
+    merged = deep_merge(method_train(params, method), params.suites[suite].train)
     return validate_model(TrainConfig, merged, f"suites.{suite}.train (with methods.{method}.train)", params.source)
 
 

@@ -240,8 +240,8 @@ def incremental_spec(
     protocol: str | None = None,
 ) -> TrialSpec:
     """A :class:`TrialSpec` for ``hashbench incremental``: the method's params.yaml block (plus overrides),
-    the global ``train`` settings (with the method's ``train`` block and ``epochs``), the global ``eval``."""
-    from pipeline.config import TrainConfig, deep_merge, method_block, method_params
+    the global ``train`` settings (with the method's recipe, its ``train`` block and ``epochs``), the global ``eval``."""
+    from pipeline.config import TrainConfig, method_params, method_train
     from pipeline.data.registry import get_dataset
     from pipeline.core.errors import ConfigError
 
@@ -249,7 +249,7 @@ def incremental_spec(
         raise ConfigError(f"{params.source}: dataset {dataset!r} is not configured under 'datasets'; configured: {', '.join(params.datasets)}")
     ds_spec = get_dataset(dataset)
     mp = method_params(params, method, method_overrides or {}, where=f"incremental --method {method} --param")
-    train = deep_merge(params.train.model_dump(), method_block(params, method).get("train") or {})
+    train = method_train(params, method)
     if epochs is not None:
         train["epochs"] = int(epochs)
     try:

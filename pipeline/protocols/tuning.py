@@ -42,7 +42,7 @@ import yaml
 from pipeline.protocols import standard as runner
 
 from pipeline.train import tracking
-from pipeline.config import EvalConfig, Params, TrialSpec, deep_merge, method_block, method_params, params_hash, tuned_file, validate_model
+from pipeline.config import EvalConfig, Params, TrialSpec, deep_merge, method_params, method_train, params_hash, tuned_file, validate_model
 from pipeline.data.formats import PreparedDataset
 from pipeline.core.errors import ConfigError, TrainingError
 from pipeline.core.paths import ProjectPaths
@@ -92,7 +92,7 @@ def base_spec(params: Params, method: str, dataset: str, bits: int, seed: int, e
         raise ConfigError(f"method {method!r} needs modalities {list(cls.modalities)}, dataset {dataset!r} has {list(spec.modalities)}")
     if bits <= 0 or bits % 8:
         raise ConfigError(f"--bits {bits} is not a positive multiple of 8")
-    train = deep_merge(params.train.model_dump(), method_block(params, method).get("train") or {})
+    train = method_train(params, method)
     train["epochs"] = epochs
     eval_cfg = params.eval.model_copy(update={"random_baseline": False})
     return TrialSpec(
