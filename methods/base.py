@@ -24,11 +24,11 @@ diagnostics), whatever ``train.epochs`` says; ``encode`` applies the learnt out-
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar, Literal, Mapping
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.core.errors import MethodError
 from pipeline.core.types import MODALITY_KINDS, DataInfo, ModalitySpec
@@ -49,10 +49,39 @@ class TrainData:
     extras: dict[str, Any] = field(default_factory=dict)
 
 
-class MethodParams(BaseModel):
-    """Base of every method's hyperparameter model: unknown keys are rejected."""
+class LayerInit(BaseModel):
+    """Initialisation of the shared encoder block (methods/nets/encoders.py), a recipe setting of a method.
+
+    ``default``: PyTorch's own layer initialisation (``nn.Linear``/``nn.Conv2d`` reset, Kaiming-uniform with
+    a = sqrt(5)); nothing is redrawn. ``normal``: every weight and bias ~ N(0, ``std``^2) (DCMH's authors'
+    code draws ``0.01 * randn`` for both). ``xavier``: Xavier/Glorot-uniform weights, zero biases.
+    ``kaiming``: Kaiming-normal weights for ReLU (fan-in), zero biases. Applied by
+    :func:`methods.nets.init.apply_layer_init` when the method is built, to the Linear and Conv layers of
+    every :class:`~methods.nets.encoders.Encoder` of the method except trunks that loaded pretrained
+    weights; recorded on the run as the ``layer_init`` provenance tag."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    scheme: Literal["default", "normal", "xavier", "kaiming"] = "default"
+    std: float = Field(0.01, gt=0, description="standard deviation of scheme 'normal'")
+
+    def describe(self) -> str:
+        if self.scheme == "default":
+            return "pytorch default"
+        if self.scheme == "normal":
+            return f"normal(0, {self.std:g}) weights and biases"
+        return f"{self.scheme} weights, zero biases"
+
+
+class MethodParams(BaseModel):
+    """Base of every method's hyperparameter model: unknown keys are rejected.
+
+    ``layer_init`` (every method) initialises the shared encoder block; a method without one refuses a
+    scheme other than ``default``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    layer_init: LayerInit = Field(LayerInit(), description="initialisation of the shared encoder block (see LayerInit)")
 
 
 class HashMethod(torch.nn.Module):
@@ -74,6 +103,11 @@ class HashMethod(torch.nn.Module):
     #: False for methods that learn without mini-batch SGD (see :class:`ClosedFormMethod`): the loop
     #: then runs at most one (empty) epoch.
     trains_by_gradient: ClassVar[bool] = True
+    #: The method's training recipe: a partial ``train`` block (e.g. ``{"sampler": "random_batches",
+    #: "optimizer": {"name": "sgd", ...}}``) from its paper or its authors' code, each value's source in
+    #: the method's docstring. It overrides params.yaml's global ``train`` block; ``methods.<name>.train``
+    #: and a suite's ``train`` override it. Subclasses inherit it unless they set their own.
+    train_defaults: ClassVar[Mapping[str, Any]] = {}
 
     def __init__(self, params: MethodParams, info: DataInfo, bits: int) -> None:
         super().__init__()
@@ -117,8 +151,11 @@ class HashMethod(torch.nn.Module):
         buf.copy_(labels.to(buf))
 
     def provenance_tags(self) -> dict[str, str]:
-        """Tags recorded on the trial's MLflow run (e.g. where pretrained weights came from, or that there were none)."""
-        return {}
+        """Tags recorded on the trial's MLflow run (e.g. where pretrained weights came from, or that there were
+        none). The base records the layer initialisation applied when the method was built (``layer_init``);
+        an override should extend ``super().provenance_tags()``."""
+        applied = getattr(self, "layer_init_applied", None)
+        return {"layer_init": applied} if applied else {}
 
     # -- incremental-class protocol (pipeline/protocols/incremental.py) -----------------------------------
     #: True when the method implements :meth:`on_increment_start`; the incremental runner refuses others.

@@ -35,6 +35,9 @@ Uncertain points (from memory of the paper; no copy is in shared/papers):
 * ``beta``: the paper ties the exponential's scale to the Hamming radius ``H`` (default 2). By default
   we take ``beta = ln 2 / H``, i.e. a pair at distance exactly ``H`` has similarity probability 1/2;
   set ``beta`` to override.
+* Training recipe: CMHH subclasses DCMH's loop but not DCMH's authors' recipe (methods/dcmh.py): no code of
+  CMHH's authors was found, so it trains with the global ``train`` settings and PyTorch's default layer
+  init (``train_defaults = {}``).
 * ``gamma = 2`` is the focal exponent of Lin et al. (focal loss), which CMHH adopts.
 * the quantization form ``(|h| - 1)^2`` and ``lambda = 0.1``: our reading; the paper's exact weight is
   not recalled.
@@ -89,6 +92,8 @@ class CMHH(DCMH):
     name = "cmhh"
     Params = CMHHParams
     paper = "Y. Cao, B. Liu, M. Long, J. Wang. Cross-Modal Hamming Hashing. ECCV 2018."
+    #: not DCMH's recipe (no code of CMHH's authors was found): the global ``train`` settings, PyTorch's default init
+    train_defaults = {}
 
     def __init__(self, params: CMHHParams, info: DataInfo, bits: int) -> None:
         super().__init__(params, info, bits)

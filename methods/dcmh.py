@@ -16,20 +16,71 @@ The batch loss is the part of J that depends on the batch's rows: the likelihood
 against ALL ``n_train`` items of the other modality, the batch's quantization error, and the full-set
 balance ``||F^T 1||^2`` whose gradient on every batch row is the paper's ``2 eta F^T 1`` (Sec. 3.3).
 
-Two choices, both options, both documented deviations from a literal reading:
+The recipe (defaults), each value with its source: the authors' code (github jiangqy/DCMH-CVPR2017: the
+MATLAB demo ``DCMH_demo.m``/``process_DCMH.m``/``update_net.m``/``net_structure_txt.m``, which the readme
+recommends, and the TensorFlow demo ``DCMH_demo.py``/``net_structure_txt.py``), read through the project's
+search tool:
 
-* ``normalize=True`` (default) divides the batch objective by ``batch_size * n_train``. One constant
-  factor on every term: the minimiser, the relative weights (gamma, eta) and every gradient direction
-  are the paper's. Adam is invariant to a constant loss scale (up to its epsilon); SGD gets gradients of
-  order one instead of order ``n_train``, so one learning rate (~1e-3 with Adam) fits every dataset
-  size. ``normalize=False`` keeps the paper's plain sums.
-* ``balance_f1="drift"`` (default): the ``F^T 1`` of the balance gradient is the stored sum corrected
-  by the batch's mean change since its rows were stored (see :meth:`DCMH._balance_offset`).
-  ``"stale"`` uses the stored rows as they are, as the authors' code does; the stored rows lag the
-  network by up to one pass, and under Adam (whose steps move the common output offset of every item
-  at once) this delayed feedback overshoots: bit means oscillate, outputs collapse towards zero and
-  the codes stay at random-level mAP (tests/test_methods.py shows it on the digits toy: 0.12 vs 0.46).
-  Both estimate the same quantity; with the stored rows equal to the network's outputs they coincide.
+* ``gamma = eta = 1``: the paper (Sec. 4.1) and both demos.
+* batch size 128 (``train.batch_size``): both demos (``batch_size = 128``).
+* ``train.sampler: random_batches``: both demos draw every iteration's batch afresh as the first 128 of a
+  new random permutation of the training items (TF: ``num_train / batch_size`` iterations per pass,
+  MATLAB: ``ceil`` of it), not one permutation per epoch.
+* SGD without momentum (``train.optimizer``): TF ``GradientDescentOptimizer``; MATLAB ``update_net.m`` is plain
+  gradient descent too (with weight decay 5e-4, which the TF demo does not use: weight decay 0 here).
+* learning rate 10^-1.5 decreasing over training (``train.lr_schedule``): TF ``linspace(10^-1.5, 10^-6,
+  MAX_ITER)`` per epoch (our ``linear`` to ``final_lr: 1e-6``, the default); MATLAB ``logspace(-1.5, -3,
+  maxIter)`` (``lr_schedule: {name: log, final_lr: 0.001}``).
+* ``normalize=True``: both demos divide the batch objective (TF) or its gradient (MATLAB) by
+  ``batch_size * n_train``. One constant factor on every term: the minimiser, the relative weights and
+  every gradient direction are the paper's.
+* ``layer_init: normal(0, 0.01)`` for weights and biases: ``0.01 * randn`` in ``net_structure_txt`` (both
+  demos) for the text net; the image net is a pretrained CNN-F whose new last layer is drawn the same way.
+  On features (Wikipedia) the whole image MLP is drawn so.
+* ``balance_f1``: the authors' code uses the stored rows of the other items (``stale``); ``auto`` (the
+  default) takes ``stale`` under SGD and ``drift`` under an adaptive optimiser (Adam, AdamW), see below.
+* 500 epochs (``MAX_ITER``/``maxIter``) on a pretrained CNN-F: **not** in the recipe. The CPU suites train
+  30 epochs of MLPs on features, so the same schedule is compressed about 16x and the N(0, 0.01) net,
+  whose small outputs make every likelihood gradient small, is under-trained there (measured in the
+  README's DCMH section); suites set ``train.epochs`` themselves.
+
+Why the per-epoch permutation destabilises the bit balance (eta = 1). Under plain gradient steps, the
+common mode of the outputs (the per-bit mean ``m`` of ``F`` over the training items) moves by
+``-k * m_hat`` per step, where ``m_hat`` is the balance estimator's view of ``F^T 1 / n`` and the gain
+``k = 2 eta lr (1 + h . h_bar)`` (``h``: the last hidden layer's activations; the last layer's bias and weights
+shift every item's output together). With the stored rows (``stale``), ``m_hat`` is the mean of the outputs
+as they were when each row was last refreshed:
+
+* one permutation per epoch: every row is refreshed once per pass of ``P = n / batch`` steps, so
+  ``m_hat`` is exactly the average of the outputs of the last ``P`` steps (a box filter), a delay of about
+  half a pass. Delayed negative feedback diverges once ``k`` exceeds about ``pi / P`` (0.29 for Wikipedia's
+  ``P = 17``, from the roots of ``z^P (z - 1) + (k / P)(z^(P-1) + ... + 1)``);
+* fresh random batches: a row is refreshed with probability ``1 / P`` per step, so ``m_hat`` is an
+  exponential filter of the outputs (time constant ``P`` steps), whose phase lag never reaches 180
+  degrees: stable for any ``k < 4P - 2`` (66 for Wikipedia), since the roots of
+  ``z^2 + (k/P + 1/P - 2) z + 1 - 1/P`` have modulus ``sqrt(1 - 1/P) < 1`` while complex.
+
+Measured on Wikipedia (16 bits, seed 0, 30 epochs, SGD 10^-1.5 linear to 10^-6, eta = 1). At the
+N(0, 0.01) init the image net's 4096 ReLU units have a mean activation of about 0.045, so ``k`` is about
+0.6: above the box filter's limit, far below the exponential filter's (and below 2, the limit of a lag-free
+estimate). The permutation made the balance loss grow 0.13 -> 1.9 -> 36 -> 109 over epochs 0, 5, 10, 15
+with 95% of B flipping per epoch, until the decaying rate brought ``k`` under the limit; random batches
+kept it under 0.1 from the first epoch, B settled (0.1% flips) by epoch 10; ``drift`` and ``batch`` (no lag)
+were stable under either sampler. With PyTorch's default init (larger activations, larger ``k``): random
+batches with ``stale`` trained (i2t / t2i 0.209 / 0.201), the permutation with ``stale`` 0.194 / 0.172, and
+the lag-free ``batch`` estimate diverged in the first epoch: at high gain only the filtering lag of the
+stored rows keeps plain SGD stable. Adam is the opposite case: its steps have a fixed size whatever the
+gradient (and a momentum memory of ~10 steps), so a delayed estimate is not damped: ``stale`` under Adam
+grew the balance loss to ~6,700 with random batches (mAP at random level, 0.126 / 0.113), while ``drift``,
+which removes most of the lag, trains (0.233 / 0.322). Hence the estimator follows the optimiser
+(``auto``): ``stale`` for SGD (with the authors' random batches), ``drift`` for Adam/AdamW.
+
+``balance_f1``: ``drift`` corrects the stored sum by the batch's mean change since its rows were stored,
+times the number of rows not yet refreshed in this pass (see :meth:`DCMH._balance_offset`); it assumes
+those rows are as old as the batch's, which holds under one permutation per epoch (the sampler it was
+made for). ``stale`` uses the stored rows as they are. ``batch``: ``n / B`` times the batch sum (no lag, no
+filtering). All estimate the same quantity; with the stored rows equal to the network's outputs they
+coincide.
 """
 
 from __future__ import annotations
@@ -41,7 +92,7 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from methods.base import DataInfo, HashMethod, MethodParams, TrainData
+from methods.base import DataInfo, HashMethod, LayerInit, MethodParams, TrainData
 from methods.losses import bit_balance_loss, pairwise_nll, quantization_loss, similarity_from_labels
 from methods.nets import build_encoder
 from methods.registry import register_method
@@ -78,10 +129,14 @@ class DCMHParams(MethodParams):
     dropout: float = Field(0.0, ge=0, lt=1, description="dropout after every hidden layer of the MLP heads")
     image_weights: str | None = Field(None, description="pretrained weights of the image backbone: a weights entry (e.g. cnnf, resnet50; `hashbench fetch-weights`) or a local state_dict file; none = random init (tagged)")
     normalize: bool = Field(True, description="divide the batch objective by batch_size * n_train (see module docstring)")
-    balance_f1: Literal["drift", "stale", "batch"] = Field(
-        "drift",
-        description="estimate of the full-set F^T 1 in the balance gradient 2 eta F^T 1: stored rows corrected by the batch's drift "
-        "(default), stored rows as they are (the authors' code), or n/B times the batch sum",
+    balance_f1: Literal["auto", "drift", "stale", "batch"] = Field(
+        "auto",
+        description="estimate of the full-set F^T 1 in the balance gradient 2 eta F^T 1: auto (stale under SGD, drift under "
+        "Adam/AdamW; see the module docstring), stored rows corrected by the batch's drift, stored rows as they are "
+        "(the authors' code), or n/B times the batch sum",
+    )
+    layer_init: LayerInit = Field(
+        LayerInit(scheme="normal", std=0.01), description="encoder initialisation (authors' code: 0.01 * randn for weights and biases)"
     )
     init: Literal["forward", "random"] = Field(
         "forward",
@@ -99,6 +154,13 @@ class DCMH(HashMethod):
     input_kinds = frozenset({"features", "pixels", "bow"})
     Params = DCMHParams
     paper = "Q.-Y. Jiang and W.-J. Li. Deep Cross-Modal Hashing. CVPR 2017."
+    #: the authors' code's training recipe (sources in the module docstring); epochs are the suite's
+    train_defaults = {
+        "batch_size": 128,
+        "sampler": "random_batches",
+        "optimizer": {"name": "sgd", "lr": 10**-1.5, "momentum": 0.0, "weight_decay": 0.0},
+        "lr_schedule": {"name": "linear", "final_lr": 1e-6},
+    }
 
     def __init__(self, params: DCMHParams, info: DataInfo, bits: int) -> None:
         super().__init__(params, info, bits)
@@ -118,10 +180,29 @@ class DCMH(HashMethod):
         self.register_buffer("train_labels", torch.zeros(n, int(info.n_classes)))
         # rows refreshed so far in the current pass, per phase (for balance_f1="drift"); reset every epoch
         self._visited: dict[str, torch.Tensor] = {}
+        self.balance_mode: str | None = None  # the estimator in use (balance_f1 with 'auto' resolved by the optimiser)
 
     # -- hooks -----------------------------------------------------------------------------------
     def configure_optimizers(self, make_optimizer) -> dict[str, torch.optim.Optimizer]:
-        return {"image": make_optimizer(self.image_net.parameters()), "text": make_optimizer(self.text_net.parameters())}
+        opts = {"image": make_optimizer(self.image_net.parameters()), "text": make_optimizer(self.text_net.parameters())}
+        self._resolve_balance_f1(opts.values())
+        return opts
+
+    def _resolve_balance_f1(self, optimizers) -> str:
+        """The balance estimator in use: ``balance_f1``, or for ``auto`` ``stale`` under plain SGD and ``drift``
+        under any other (adaptive) optimiser (module docstring: the estimator must match the optimiser)."""
+        mode = getattr(self.params, "balance_f1", "drift")
+        if mode == "auto":
+            opts = list(optimizers)
+            mode = "stale" if opts and all(isinstance(o, torch.optim.SGD) for o in opts) else "drift"
+        self.balance_mode = mode
+        return mode
+
+    def provenance_tags(self) -> dict[str, str]:
+        tags = super().provenance_tags()
+        if getattr(self.params, "eta", 0) > 0 and getattr(self, "balance_mode", None):
+            tags["balance_f1"] = self.balance_mode + (" (auto)" if self.params.balance_f1 == "auto" else "")
+        return tags
 
     def phases(self, epoch: int) -> list[str]:
         return ["image", "text"]
@@ -196,7 +277,7 @@ class DCMH(HashMethod):
         mode at the cost of a little sampling noise. ``batch``: ``n / B`` times the batch sum.
         """
         n, bsz = own.shape[0], out.shape[0]
-        mode = self.params.balance_f1
+        mode = getattr(self, "balance_mode", None) or self._resolve_balance_f1([])
         if mode == "stale":
             return own.sum(dim=0) - own[idx].sum(dim=0)
         if mode == "batch":

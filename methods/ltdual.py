@@ -168,7 +168,7 @@ class LTDual(HashMethod):
 
     def provenance_tags(self) -> dict[str, str]:
         """``weights.<stream>`` tags saying where each stream's weights came from (or that it is randomly initialised)."""
-        return {f"weights.{k}": v for k, v in self.weights_status.items()}
+        return {**super().provenance_tags(), **{f"weights.{k}": v for k, v in self.weights_status.items()}}
 
     # -- hooks ----------------------------------------------------------------------------------------
     def configure_optimizers(self, make_optimizer) -> dict[str, torch.optim.Optimizer]:

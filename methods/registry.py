@@ -119,4 +119,8 @@ def create_method(name: str, params: Mapping[str, Any] | MethodParams | None, in
             raise MethodError(
                 f"method {name!r} does not accept {m!r} input of kind {kind!r} (dataset {info.dataset!r}); it accepts {sorted(cls.input_kinds)}"
             )
-    return cls(params, info, bits)
+    method = cls(params, info, bits)
+    from methods.nets.init import apply_layer_init
+
+    method.layer_init_applied = apply_layer_init(method, params.layer_init, name)
+    return method

@@ -220,3 +220,30 @@ def test_a_suite_written_as_axes_expands_to_one_suite_per_protocol(tmp_path, rep
     p["suites"]["demo-digits"]["dataset"] = ["digits", "wikipedia"]
     with pytest.raises(ConfigError, match=r"suites\.demo-digits\.dataset: one dataset per suite"):
         load_params(write_params(tmp_path, p))
+
+
+def test_method_recipe_sits_between_global_and_method_train(tmp_path, repo_params):
+    """DCMH's recipe (its class's train_defaults) overrides the global train block; methods.dcmh.train and the
+    suite's train override the recipe; methods without a recipe keep the global settings."""
+    p = copy.deepcopy(repo_params)
+    p["train"]["grad_clip"] = 5.0
+    p["suites"]["mixed"] = {"profile": "demo", "dataset": "wikipedia", "methods": ["dcmh", "prdh"], "bits": [16], "seeds": [0]}
+    t = {x.method: x for x in expand_suite(load_params(write_params(tmp_path, p)), "mixed")}
+    d = t["dcmh"].train
+    assert (d.optimizer.name, d.optimizer.momentum, d.sampler, d.lr_schedule.name, d.batch_size) == ("sgd", 0.0, "random_batches", "linear", 128)
+    assert d.optimizer.lr == pytest.approx(10**-1.5) and d.lr_schedule.final_lr == 1e-6
+    assert d.grad_clip == 5.0  # keys the recipe does not set keep the global value
+    assert t["dcmh"].method_params["layer_init"] == {"scheme": "normal", "std": 0.01}
+    assert (t["prdh"].train.optimizer.name, t["prdh"].train.sampler) == ("adam", "epoch_permutation")  # no recipe of its own
+    assert t["prdh"].method_params["layer_init"]["scheme"] == "default"
+    p["methods"].setdefault("dcmh", {})["train"] = {"sampler": "epoch_permutation"}
+    p["suites"]["mixed"]["train"] = {"lr_schedule": {"name": "constant"}}
+    d2 = {x.method: x for x in expand_suite(load_params(write_params(tmp_path, p)), "mixed")}["dcmh"].train
+    assert (d2.sampler, d2.lr_schedule.name, d2.optimizer.name) == ("epoch_permutation", "constant", "sgd")
+
+
+def test_sampler_and_schedule_errors_name_the_key(tmp_path, repo_params):
+    msg = _bad(tmp_path, repo_params, lambda p: p["train"].update(sampler="shuffled"))
+    assert "train.sampler" in msg and "random_batches" in msg
+    msg = _bad(tmp_path, repo_params, lambda p: p["train"].update(lr_schedule={"name": "cosine"}))
+    assert "train.lr_schedule.name" in msg

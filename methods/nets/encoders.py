@@ -93,6 +93,7 @@ class TorchvisionTrunk(nn.Module):
         self.in_channels = int(in_channels)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.pretrained = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[1] == 1:
@@ -145,7 +146,9 @@ def torchvision_trunk(name: str, in_channels: int, weights: str | None = None) -
 
         load_state_dict_into(model, read_state_dict(weights, f"backbone {name!r}"), weights, f"backbone {name!r}")
     width = strip_classifier(model, name)
-    return TorchvisionTrunk(model, width, in_channels)
+    trunk = TorchvisionTrunk(model, width, in_channels)
+    trunk.pretrained = bool(weights)  # a layer-init scheme leaves loaded weights alone
+    return trunk
 
 
 def pixel_trunk(name: str, in_channels: int, weights: str | None = None, input_size: int | None = None) -> tuple[nn.Module, int]:

@@ -12,10 +12,12 @@ from pipeline.config.model import (
     IncrementalSuiteConfig,
     IncrementalTrial,
     IndexConfig,
+    LRScheduleConfig,
     OptimizerConfig,
     Params,
     ProfileConfig,
     ResourcesConfig,
+    SamplerName,
     SuiteConfig,
     TrackingConfig,
     TrainConfig,
@@ -27,7 +29,7 @@ from pipeline.config.model import (
     format_errors,
     validate_model,
 )
-from pipeline.config.trials import TrialRequest, apply_tuned, expand_suite, resolve_trial, suite_requests, method_block, method_params, trial_train, tuned_file
+from pipeline.config.trials import TrialRequest, apply_tuned, expand_suite, method_block, method_params, method_train, resolve_trial, suite_requests, trial_train, tuned_file
 from pipeline.config.loading import check_params, load_params, params_hash
 
 __all__ = [n for n in dir() if not n.startswith("_")]

@@ -50,12 +50,46 @@ class OptimizerConfig(_Strict):
     momentum: float = Field(0.9, ge=0, lt=1)
 
 
+class LRScheduleConfig(_Strict):
+    """Learning rate per epoch, applied by the shared loop to every optimizer of the method.
+
+    ``constant``: the optimizer's ``lr`` throughout (the loop never touches the rate, so a method's own
+    schedule, e.g. ltdual's cosine, is left alone). ``linear``: from ``lr`` at the first epoch to ``final_lr``
+    at the last, evenly spaced (``numpy.linspace``; DCMH's authors' TensorFlow code); ``log``: the same with
+    geometric spacing (``numpy.logspace``; their MATLAB code). Each parameter group keeps its ratio to the
+    optimizer's ``lr`` (lr multipliers survive)."""
+
+    name: Literal["constant", "linear", "log"] = "constant"
+    final_lr: float = Field(1e-6, gt=0, description="learning rate of the last epoch (linear, log)")
+
+    def lr_at(self, lr: float, epoch: int, epochs: int) -> float:
+        """The rate of 0-based ``epoch`` of ``epochs`` starting from ``lr``."""
+        if self.name == "constant" or epochs <= 1:
+            return float(lr)
+        t = min(max(epoch, 0), epochs - 1) / (epochs - 1)
+        if self.name == "linear":
+            return float(lr + (self.final_lr - lr) * t)
+        return float(lr * (self.final_lr / lr) ** t)
+
+
+#: the batch samplers of pipeline/train/samplers.py (the loop checks that the two lists agree)
+SamplerName = Literal["epoch_permutation", "random_batches", "class_balanced"]
+
+
 class TrainConfig(_Strict):
-    """Training-loop settings shared by every method."""
+    """Training-loop settings shared by every method.
+
+    ``sampler`` says which items each mini-batch holds (pipeline/train/samplers.py): ``epoch_permutation``
+    (one permutation per epoch, the default), ``random_batches`` (a fresh random batch per iteration,
+    ``n // batch_size`` iterations per epoch, DCMH's authors' code) or ``class_balanced`` (a long-tail
+    remedy, not part of paper 004). A method's recipe (its class's ``train_defaults``) overrides the
+    global block; ``methods.<name>.train`` and a suite's ``train`` override the recipe."""
 
     epochs: int = Field(50, ge=1)
     batch_size: int = Field(128, ge=1)
     optimizer: OptimizerConfig = OptimizerConfig()
+    lr_schedule: LRScheduleConfig = LRScheduleConfig()
+    sampler: SamplerName = "epoch_permutation"
     device: str = "auto"
     grad_clip: float | None = Field(None, gt=0)
     loader_workers: int = Field(0, ge=0)

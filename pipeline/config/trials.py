@@ -40,11 +40,20 @@ def method_params(params: Params, method: str, override: Mapping[str, Any], wher
     return model.model_dump(mode="json")
 
 
-def trial_train(params: Params, suite: str, method: str) -> TrainConfig:
-    """Training settings of one method in one suite: global < method's ``train`` block < suite's ``train``."""
+def method_train(params: Params, method: str) -> dict[str, Any]:
+    """Training settings of ``method`` outside any suite, as a dict: the global ``train`` block < the
+    method's recipe in code (its class's ``train_defaults``, e.g. DCMH's SGD schedule and sampler, each
+    value with its source in the method's docstring) < the params.yaml ``methods.<method>.train`` block."""
     merged = params.train.model_dump()
-    merged = deep_merge(merged, method_block(params, method).get("train") or {})
-    merged = deep_merge(merged, params.suites[suite].train)
+    recipe = get_method_class(params.implementation(method)).train_defaults
+    merged = deep_merge(merged, recipe)
+    return deep_merge(merged, method_block(params, method).get("train") or {})
+
+
+def trial_train(params: Params, suite: str, method: str) -> TrainConfig:
+    """Training settings of one method in one suite: global < method's recipe (code) < method's ``train``
+    block < suite's ``train``."""
+    merged = deep_merge(method_train(params, method), params.suites[suite].train)
     return validate_model(TrainConfig, merged, f"suites.{suite}.train (with methods.{method}.train)", params.source)
 
 
@@ -93,7 +102,7 @@ def resolve_trial(params: Params, req: TrialRequest) -> TrialSpec:
     protocol = req.protocol or ds.default_protocol
     if protocol not in ds.protocols:
         raise ConfigError(f"{src}: {where}: dataset {req.dataset!r} has no protocol {protocol!r}; available: {', '.join(ds.protocols)}")
-    merged = deep_merge(params.train.model_dump(), method_block(params, req.method).get("train") or {})
+    merged = method_train(params, req.method)
     train = validate_model(TrainConfig, deep_merge(merged, req.train_override), f"{where}.train (with methods.{req.method}.train)", src)
     if req.tuned:
         mp, train = apply_tuned(params, req.dataset, req.method, req.bits, req.method_override, train)

@@ -28,6 +28,7 @@ from pipeline.data.loaders import SplitData
 from pipeline.data.weights import resolve_method_weights
 from pipeline.core.errors import MethodError, TrainingError
 from pipeline.eval.evaluate import EvaluationResult, evaluate_codes, retrieval_directions
+from pipeline.train.samplers import make_sampler
 
 log = logging.getLogger(__name__)
 
@@ -265,13 +266,23 @@ def fit(
     ``part`` (a :class:`~pipeline.data.loaders.PartView`) per phase of the method, stepping that phase's
     optimizer on ``training_step``'s ``"loss"``, then ``on_epoch_end``. Optimizers come from
     ``configure_optimizers`` (fresh ones each call). ``after_epoch(epoch, metrics)`` may add metrics
-    before the observer sees them. Returns (per-epoch history, seconds including ``start``)."""
+    before the observer sees them. Returns (per-epoch history, seconds including ``start``).
+
+    The batches of every pass come from the ``train.sampler`` (pipeline/train/samplers.py), drawn from
+    ``rng`` anew for each phase; with ``train.lr_schedule`` other than ``constant`` every optimizer's rate
+    is set at the start of each epoch (logged as ``lr``)."""
     observer = observer or TrialObserver()
     opts = method.configure_optimizers(optimizer_factory(spec.train.optimizer))
     bs = spec.train.batch_size
     n_epochs = spec.train.epochs if epochs is None else int(epochs)
-    if not getattr(method, "trains_by_gradient", True):  # closed-form methods solve in start(): one empty epoch
+    if not method.trains_by_gradient:  # closed-form methods solve in start(): one empty epoch
         n_epochs = min(n_epochs, 1)
+    sampler = make_sampler(
+        spec.train.sampler, len(part), bs, labels=getattr(part, "labels", None) if spec.train.sampler == "class_balanced" else None
+    )
+    schedule = spec.train.lr_schedule
+    lr0 = spec.train.optimizer.lr
+    base_lrs = {phase: [g["lr"] for g in opt.param_groups] for phase, opt in opts.items()}
     t0 = time.perf_counter()
     if start is not None:
         start()
@@ -280,22 +291,24 @@ def fit(
         te = time.perf_counter()
         sums: dict[str, float] = defaultdict(float)
         counts: dict[str, int] = defaultdict(int)
+        lr_now = schedule.lr_at(lr0, epoch, n_epochs)
+        if schedule.name != "constant":
+            for phase_, opt_ in opts.items():
+                for g, base in zip(opt_.param_groups, base_lrs[phase_]):
+                    g["lr"] = base * lr_now / lr0
         for phase in method.phases(epoch):
             if phase not in opts:
                 raise MethodError(f"method {spec.method!r} returned phase {phase!r} without an optimizer (has {sorted(opts)})")
             opt = opts[phase]
-            order = rng.permutation(len(part))
-            if world > 1:
-                order = order[rank::world]
             method.train()
-            for start_ in range(0, len(order), bs):
-                batch = part.batch(order[start_ : start_ + bs], device=dev)
+            for positions in sampler.epoch(rng, world=world, rank=rank):
+                batch = part.batch(positions, device=dev)
                 losses = method.training_step(batch, phase)
                 total = losses["loss"]
                 if not torch.isfinite(total):
                     raise TrainingError(
                         f"{spec.key()}: non-finite loss in epoch {epoch}, phase {phase!r}: "
-                        + ", ".join(f"{k}={float(v):.4g}" for k, v in losses.items())
+                        + ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items())
                     )
                 opt.zero_grad(set_to_none=True)
                 total.backward()
@@ -312,6 +325,8 @@ def fit(
             extra = method.on_epoch_end(epoch, train_data) or {}
         metrics = {k: sums[k] / counts[k] for k in sums}
         metrics.update({f"epoch/{k}": float(v) for k, v in extra.items()})
+        if schedule.name != "constant":
+            metrics["lr"] = lr_now
         metrics["epoch_seconds"] = time.perf_counter() - te
         bad = [k for k, v in metrics.items() if not math.isfinite(v)]
         if bad:
