@@ -138,6 +138,8 @@ def cmd_evaluate(args) -> int:
     import tempfile
 
     from pipeline.config.trials import expand_suite
+    from pipeline.data.formats import PreparedDataset
+    from pipeline.protocols.standard import stamp_data
     from pipeline.eval.stored import StoredTrial, conventions_for, download_codes, evaluate_trials, split_labels
     from pipeline.report.published import load_published
     from pipeline.train import tracking
@@ -162,9 +164,11 @@ def cmd_evaluate(args) -> int:
             log.warning("%s missing: run `hashbench bench --suite %s` first; skipped", bench, suite)
             continue
         done = json.loads(bench.read_text())["trials"]
+        # the training keys as bench made them: with the prepared data's manifest hash (checked)
+        specs = stamp_data(expand_suite(params, suite), PreparedDataset(paths.prepared(params.suites[suite].dataset)))
         trials = [
             StoredTrial(s.key(), done[s.key()]["run_id"], s.dataset, s.protocol, s.eval)
-            for s in expand_suite(params, suite)
+            for s in specs
             if done.get(s.key(), {}).get("status") == "finished" and done[s.key()].get("run_id")
         ]
         out = evaluate_trials(

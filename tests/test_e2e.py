@@ -108,3 +108,17 @@ def test_second_repro_is_up_to_date_and_csq_change_retrains_only_csq(project):
     assert all(t["status"] == "finished" for t in summary["trials"].values())
     new_ids = {t["run_id"] for t in summary["trials"].values()}
     assert all(r.data.params["method_params.lambda_q"] == "0.001" for r in by_method["csq"] if r.info.run_id in new_ids)
+
+
+def test_eval_change_reevaluates_stored_codes_without_training(project):
+    root, env = project
+    n_runs = len(_mlflow_runs(root))
+    p = yaml.safe_load((root / "params.yaml").read_text())
+    p["eval"]["topk"] = [50, 100, 500]
+    (root / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+    out = _run([str(BIN / "dvc"), "repro", "report@demo"], root, env).stdout
+    assert "Running stage 'evaluate@demo'" in out and "Running stage 'bench@" not in out, out
+    assert len(_mlflow_runs(root)) == n_runs  # nothing trained
+    text = (root / "results" / "eval" / "demo" / "demo-digits.json").read_text()
+    assert "map@50" in text
+    assert json.loads(text)["trials"], "no trial evaluated"

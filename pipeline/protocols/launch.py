@@ -93,6 +93,7 @@ def init_ray(address: str | None, log_file: Path | None = None, verbose: bool = 
         ray.init(address=address, log_to_driver=verbose, configure_logging=False)
     else:
         ray.init(
+            address="local",  # a new Ray of this command's own, even when another one runs on this machine
             resources={DRIVER_RESOURCE: 10_000},
             include_dashboard=False,
             log_to_driver=verbose,
