@@ -62,6 +62,7 @@ def project(tmp_path, prepared_root, repo_params):
 
 def test_ctrl_c_ends_cleanly_and_kill_9_is_reaped_by_the_rerun(project, repo_params):
     write_params(project, _suite(repo_params, epochs=400))
+    _runs(project)  # create the store's schema first: the polling below and bench must not both create it
     proc = _start(project)
     _wait_running(project, proc)
     os.killpg(proc.pid, signal.SIGINT)
