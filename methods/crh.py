@@ -104,6 +104,7 @@ class CRH(HashMethod):
     modalities = ("image",)
     input_kinds = frozenset({"features", "pixels"})
     Params = CRHParams
+    supports_temperature = True  # h = tanh(z / T) feeds the margin loss and the codes
     paper = "Codebook-Centric Deep Hashing (Center-Reassigned Hashing, CRH). AAAI 2026, arXiv 2511.12162."
 
     def __init__(self, params: CRHParams, info: DataInfo, bits: int) -> None:
@@ -140,7 +141,7 @@ class CRH(HashMethod):
 
     def training_step(self, batch: dict[str, torch.Tensor], phase: str) -> dict[str, torch.Tensor]:
         z = self.net(batch["image"])
-        h = torch.tanh(z)
+        h = self.squash(z)
         ce = cosine_margin_ce(h, self.centers, batch["labels"], self.params.scale, self.params.margin, multi="softmax")
         quant = self.params.lambda_q * ((h.abs() - 1) ** 2).mean()
         return {"loss": ce + quant, "margin_ce": ce, "quantization": quant}
@@ -148,7 +149,7 @@ class CRH(HashMethod):
     def encode(self, batch: dict[str, torch.Tensor], modality: str) -> torch.Tensor:
         if modality != "image":
             raise MethodError(f"crh: encodes images only, not {modality!r}")
-        return torch.tanh(self.net(batch["image"]))
+        return self.squash(self.net(batch["image"]))
 
     def on_train_start(self, data: TrainData) -> None:
         if data.labels.shape[1] != self.centers.shape[0]:

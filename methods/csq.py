@@ -62,6 +62,7 @@ class CSQ(HashMethod):
     modalities = ("image",)
     input_kinds = frozenset({"features", "pixels"})
     Params = CSQParams
+    supports_temperature = True  # h = tanh(z / T) feeds the quantization term and the codes
     paper = "L. Yuan et al. Central Similarity Quantization for Efficient Image and Video Retrieval. CVPR 2020."
 
     def __init__(self, params: CSQParams, info: DataInfo, bits: int) -> None:
@@ -86,7 +87,7 @@ class CSQ(HashMethod):
         z = self.net(batch["image"])
         c = self.item_centers(batch["labels"])
         center = center_bce_with_logits(z, c, reduction="mean")
-        h = torch.tanh(z)
+        h = self.squash(z)
         if self.params.quantization == "logcosh":
             q = logcosh_quantization(h, reduction="mean")
         else:
@@ -97,7 +98,7 @@ class CSQ(HashMethod):
     def encode(self, batch: dict[str, torch.Tensor], modality: str) -> torch.Tensor:
         if modality != "image":
             raise MethodError(f"csq: encodes images only, not {modality!r}")
-        return torch.tanh(self.net(batch["image"]))
+        return self.squash(self.net(batch["image"]))
 
     def on_train_start(self, data: TrainData) -> None:
         if data.labels.shape[1] != self.centers.shape[0]:
