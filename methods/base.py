@@ -73,6 +73,18 @@ class LayerInit(BaseModel):
         return f"{self.scheme} weights, zero biases"
 
 
+class TemperedTanh(torch.nn.Module):
+    """``tanh(z / temperature)`` as a module, for methods whose nets end in their hash activation; the
+    method's :meth:`HashMethod.set_hash_temperature` sets ``temperature`` on every such module it holds."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.temperature = 1.0
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(z if self.temperature == 1.0 else z / self.temperature)
+
+
 class MethodParams(BaseModel):
     """Base of every method's hyperparameter model: unknown keys are rejected.
 
@@ -108,12 +120,35 @@ class HashMethod(torch.nn.Module):
     #: the method's docstring. It overrides params.yaml's global ``train`` block; ``methods.<name>.train``
     #: and a suite's ``train`` override it. Subclasses inherit it unless they set their own.
     train_defaults: ClassVar[Mapping[str, Any]] = {}
+    #: True when the method's hash activation is ``tanh(z / hash_temperature)`` (through :meth:`squash`), so the
+    #: loop's temperature plug-in (pipeline/train/plugins.py) may set ``hash_temperature`` each epoch.
+    supports_temperature: ClassVar[bool] = False
+    #: Name of the loss term whose per-item parts ``training_step`` returns as ``"per_item"`` (a (B,) tensor
+    #: summing to that term) while ``per_item_requested`` is True (the loop's hard-pair plug-in sets it);
+    #: None: the method offers none.
+    per_item_term: ClassVar[str | None] = None
 
     def __init__(self, params: MethodParams, info: DataInfo, bits: int) -> None:
         super().__init__()
         self.params = params
         self.info = info
         self.bits = int(bits)
+        self.hash_temperature = 1.0  # set by the temperature plug-in; 1 means the plain activation
+        self.per_item_requested = False  # set by the hard-pair plug-in (see per_item_term)
+
+    def squash(self, z: torch.Tensor) -> torch.Tensor:
+        """The tempered hash activation ``tanh(z / hash_temperature)`` of methods with ``supports_temperature``."""
+        t = self.hash_temperature
+        return torch.tanh(z if t == 1.0 else z / t)
+
+    def set_hash_temperature(self, temperature: float) -> None:
+        """Set the temperature of the hash activation (:meth:`squash` and every :class:`TemperedTanh` inside)."""
+        if not self.supports_temperature:
+            raise MethodError(f"method {self.name!r} has no tempered hash activation (supports_temperature is False)")
+        self.hash_temperature = float(temperature)
+        for m in self.modules():
+            if isinstance(m, TemperedTanh):
+                m.temperature = float(temperature)
 
     # -- hooks -----------------------------------------------------------------------------------
     def configure_optimizers(self, make_optimizer) -> dict[str, torch.optim.Optimizer]:

@@ -58,7 +58,7 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from methods.base import DataInfo, MethodParams
+from methods.base import DataInfo, MethodParams, TemperedTanh
 from methods.dcmh import DCMH
 from methods.losses import similarity_from_labels
 from methods.losses.crossmodal import balance_weights, continuous_hamming, exponential_focal_loss
@@ -91,15 +91,17 @@ class CMHH(DCMH):
 
     name = "cmhh"
     Params = CMHHParams
+    supports_temperature = True  # the tanh hash layers are TemperedTanh
     paper = "Y. Cao, B. Liu, M. Long, J. Wang. Cross-Modal Hamming Hashing. ECCV 2018."
     #: not DCMH's recipe (no code of CMHH's authors was found): the global ``train`` settings, PyTorch's default init
     train_defaults = {}
+    per_item_term = None  # its training_step returns no per-item parts
 
     def __init__(self, params: CMHHParams, info: DataInfo, bits: int) -> None:
         super().__init__(params, info, bits)
         # tanh hash layer on both nets: DCMH's initialisation, buffers and encode see tanh outputs.
-        self.image_net = torch.nn.Sequential(self.image_net, torch.nn.Tanh())
-        self.text_net = torch.nn.Sequential(self.text_net, torch.nn.Tanh())
+        self.image_net = torch.nn.Sequential(self.image_net, TemperedTanh())
+        self.text_net = torch.nn.Sequential(self.text_net, TemperedTanh())
 
     def training_step(self, batch: dict[str, torch.Tensor], phase: str) -> dict[str, torch.Tensor]:
         net, own, other, x = self._phase_io(phase, batch)

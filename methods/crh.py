@@ -98,6 +98,7 @@ class CRH(ImageHashMethod):
 
     name = "crh"
     Params = CRHParams
+    supports_temperature = True  # h = tanh(z / T) feeds the margin loss and the codes
     paper = "Codebook-Centric Deep Hashing (Center-Reassigned Hashing, CRH). AAAI 2026, arXiv 2511.12162."
 
     def __init__(self, params: CRHParams, info: DataInfo, bits: int) -> None:
@@ -132,7 +133,7 @@ class CRH(ImageHashMethod):
 
     def training_step(self, batch: dict[str, torch.Tensor], phase: str) -> dict[str, torch.Tensor]:
         z = self.net(batch["image"])
-        h = torch.tanh(z)
+        h = self.squash(z)
         ce = cosine_margin_ce(h, self.centers, batch["labels"], self.params.scale, self.params.margin, multi="softmax")
         quant = self.params.lambda_q * ((h.abs() - 1) ** 2).mean()
         return {"loss": ce + quant, "margin_ce": ce, "quantization": quant}

@@ -55,6 +55,7 @@ class CSQ(ImageHashMethod):
 
     name = "csq"
     Params = CSQParams
+    supports_temperature = True  # h = tanh(z / T) feeds the quantization term and the codes
     paper = "L. Yuan et al. Central Similarity Quantization for Efficient Image and Video Retrieval. CVPR 2020."
 
     def __init__(self, params: CSQParams, info: DataInfo, bits: int) -> None:
@@ -77,7 +78,7 @@ class CSQ(ImageHashMethod):
         z = self.net(batch["image"])
         c = self.item_centers(batch["labels"])
         center = center_bce_with_logits(z, c, reduction="mean")
-        h = torch.tanh(z)
+        h = self.squash(z)
         if self.params.quantization == "logcosh":
             q = logcosh_quantization(h, reduction="mean")
         else:

@@ -154,6 +154,7 @@ class DCMH(HashMethod):
     input_kinds = frozenset({"features", "pixels", "bow"})
     Params = DCMHParams
     paper = "Q.-Y. Jiang and W.-J. Li. Deep Cross-Modal Hashing. CVPR 2017."
+    per_item_term = "likelihood"  # training_step's "per_item": each batch row's likelihood part
     #: the authors' code's training recipe (sources in the module docstring); epochs are the suite's
     train_defaults = {
         "batch_size": 128,
@@ -249,7 +250,8 @@ class DCMH(HashMethod):
         out = net(x)
         s = similarity_from_labels(batch["labels"], self.train_labels)
         # Theta of the batch against ALL training items of the other modality (the paper's sum over j).
-        nll = pairwise_nll(out, other, s, scale=0.5, reduction="sum")
+        nll_rows = pairwise_nll(out, other, s, scale=0.5, reduction="rows")
+        nll = nll_rows.sum()
         quant = quantization_loss(self.B_buf[idx], out, reduction="sum")
         # ||F^T 1||^2 over the whole training set: the batch rows are live, the others come from the buffer.
         offset = self._balance_offset(phase, idx, out.detach().to(own.dtype), own)
@@ -263,7 +265,10 @@ class DCMH(HashMethod):
         # Algorithm 1: the stored column F_{*i} (G_{*i}) is the forward output of this iteration.
         with torch.no_grad():
             own[idx] = out.detach().to(own.dtype)
-        return {"loss": terms["likelihood"] + terms["quantization"] + terms["balance"], **terms}
+        out_terms = {"loss": terms["likelihood"] + terms["quantization"] + terms["balance"], **terms}
+        if self.per_item_requested:  # per-item parts of the likelihood, for the loop's hard-pair plug-in
+            out_terms["per_item"] = nll_rows / norm
+        return out_terms
 
     @torch.no_grad()
     def _balance_offset(self, phase: str, idx: torch.Tensor, out: torch.Tensor, own: torch.Tensor) -> torch.Tensor:

@@ -47,8 +47,9 @@ class ImageHashMethod(HashMethod):
         return torch.Generator().manual_seed(self.target_seed)
 
     def code(self, x: torch.Tensor) -> torch.Tensor:
-        """Real-valued codes of an image batch (the evaluator takes the sign)."""
-        return torch.tanh(self.net(x))
+        """Real-valued codes of an image batch (the evaluator takes the sign): the method's squashing
+        (tanh, at the loop's temperature when that plug-in is on) of the network's output."""
+        return self.squash(self.net(x))
 
     def encode(self, batch: dict[str, torch.Tensor], modality: str) -> torch.Tensor:
         if modality != "image":

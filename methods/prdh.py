@@ -94,6 +94,7 @@ class PRDH(DCMH):
     #: not DCMH's recipe: no code of PRDH's authors was found (session of issue 19), so PRDH trains with the
     #: global ``train`` settings, under which its measured numbers (module docstring) were taken
     train_defaults = {}
+    per_item_term = None  # its training_step returns no per-item parts
 
     def training_step(self, batch: dict[str, torch.Tensor], phase: str) -> dict[str, torch.Tensor]:
         net, own, other, x = self._phase_io(phase, batch)

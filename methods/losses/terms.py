@@ -40,9 +40,11 @@ def pairwise_nll(
     ``-sum_ij (S_ij Theta_ij - log(1 + exp(Theta_ij)))`` with ``Theta = scale * f @ g.T`` (the paper's
     ``Theta_ij = 1/2 F_{*i}^T G_{*j}``; DPSH/PRDH use the same form). ``log(1+e^x)`` is ``softplus``,
     so it is finite for any ``Theta`` (e.g. +-100). ``f``: (n, K), ``g``: (m, K), ``s``: (n, m) in {0,1}.
-    ``reduction="mean"`` divides by ``n * m`` (the number of pairs).
+    ``reduction="mean"`` divides by ``n * m`` (the number of pairs); ``"rows"`` returns the (n,) per-row sums.
     """
     theta = scale * (f @ g.t())
+    if reduction == "rows":
+        return (F_.softplus(theta) - s * theta).sum(dim=1)
     total = (F_.softplus(theta) - s * theta).sum()
     return reduce_loss(total, f.shape[0] * g.shape[0], reduction)
 

@@ -14,6 +14,7 @@ from pipeline.config.model import (
     IndexConfig,
     LRScheduleConfig,
     OptimizerConfig,
+    PluginsConfig,
     Params,
     ProfileConfig,
     ResourcesConfig,

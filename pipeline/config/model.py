@@ -72,6 +72,67 @@ class LRScheduleConfig(_Strict):
         return float(lr * (self.final_lr / lr) ** t)
 
 
+class TemperatureConfig(_Strict):
+    """Temperature continuation of the hash activation (paper 000, Sec. 4.3): outputs ``tanh(z / T)`` with
+    ``T`` going from ``start`` at the first epoch to ``end`` at the last, so outputs approach binary codes.
+    Needs a method with a tempered activation (``HashMethod.supports_temperature``)."""
+
+    start: float = Field(4.0, gt=0)
+    end: float = Field(1.0, gt=0)
+    schedule: Literal["geometric", "linear"] = "geometric"
+
+
+class GradBalanceConfig(_Strict):
+    """Gradient-contribution balancing (paper 000, Sec. 4.3), rule: inverse-norm equalisation. Per mini-batch,
+    each named loss term's gradient norm on the parameters of the hash output layer(s) is measured and
+    smoothed (EMA ``momentum``); term k gets weight ``mean_j(n_j) / n_k`` so every term contributes the same
+    gradient norm (GradNorm, Chen et al. ICML 2018, with its target ratio alpha = 0 and closed-form weights
+    instead of learned ones). From epoch ``late_start * epochs`` on, ``late_terms`` (those nearest the
+    retrieval metric, e.g. ``likelihood``) get ``late_boost`` times their weight; weights are renormalised to
+    sum to the number of terms."""
+
+    terms: list[str] = Field([], description="terms to balance (empty: every named term of the method)")
+    momentum: float = Field(0.9, ge=0, lt=1)
+    late_start: float = Field(0.7, ge=0, le=1)
+    late_terms: list[str] = []
+    late_boost: float = Field(2.0, ge=1)
+    max_weight: float = Field(10.0, ge=1, description="weights are clipped to [1/max_weight, max_weight]")
+
+
+class HardPairsConfig(_Strict):
+    """Hard-pair focus (paper 000, Sec. 4.3): an exponential moving average of each training item's loss
+    (``decay``); items whose EMA lies below the ``quantile`` of all items' EMAs (the low-loss range) get
+    weight ``low_weight``, the others 1, renormalised to mean 1 over the batch. Needs a method that returns
+    per-item losses (``per_item`` and ``HashMethod.per_item_term``)."""
+
+    decay: float = Field(0.9, ge=0, lt=1)
+    quantile: float = Field(0.3, gt=0, lt=1)
+    low_weight: float = Field(0.3, ge=0, le=1)
+    warmup_epochs: int = Field(1, ge=0, description="epochs of plain weights while the EMAs fill")
+
+
+class TermGradConfig(_Strict):
+    """Per-term gradient clipping and scaling (paper 000, Sec. 4.3): the gradient of each listed term is
+    computed on its own, scaled by ``scale[term]`` (a learning-rate multiplier for that term under SGD) and
+    clipped to norm ``max_norm[term]`` before the terms' gradients are summed."""
+
+    max_norm: dict[str, float] = {}
+    scale: dict[str, float] = {}
+
+
+class PluginsConfig(_Strict):
+    """Training-time plug-ins of the shared loop (pipeline/train/plugins.py), each off unless given; any
+    combination works, for every method that offers the hook a plug-in needs."""
+
+    temperature: TemperatureConfig | None = None
+    grad_balance: GradBalanceConfig | None = None
+    hard_pairs: HardPairsConfig | None = None
+    term_grad: TermGradConfig | None = None
+
+    def active(self) -> bool:
+        return any(getattr(self, k) is not None for k in type(self).model_fields)
+
+
 #: the batch samplers of pipeline/train/samplers.py (the loop checks that the two lists agree)
 SamplerName = Literal["epoch_permutation", "random_batches", "class_balanced"]
 
@@ -90,6 +151,17 @@ class TrainConfig(_Strict):
     optimizer: OptimizerConfig = OptimizerConfig()
     lr_schedule: LRScheduleConfig = LRScheduleConfig()
     sampler: SamplerName = "epoch_permutation"
+    plugins: PluginsConfig = Field(PluginsConfig(), description="training-time plug-ins of the loop (paper 000's loss layer)")
+
+    from pydantic import model_serializer as _model_serializer  # (local, as in EvalConfig)
+
+    @_model_serializer(mode="wrap")
+    def _without_idle_plugins(self, handler):
+        """Leave ``plugins`` out of dumps while none is on, so trial hashes without plug-ins do not change."""
+        data = handler(self)
+        if isinstance(data, dict) and not self.plugins.active():
+            data.pop("plugins", None)
+        return data
     device: str = "auto"
     grad_clip: float | None = Field(None, gt=0)
     loader_workers: int = Field(0, ge=0)

@@ -28,6 +28,7 @@ from pipeline.data.loaders import SplitData
 from pipeline.data.weights import resolve_method_weights
 from pipeline.core.errors import MethodError, TrainingError
 from pipeline.eval.evaluate import EvaluationResult, evaluate_codes, retrieval_directions
+from pipeline.train.plugins import make_plugins
 from pipeline.train.samplers import make_sampler
 
 log = logging.getLogger(__name__)
@@ -270,7 +271,8 @@ def fit(
 
     The batches of every pass come from the ``train.sampler`` (pipeline/train/samplers.py), drawn from
     ``rng`` anew for each phase; with ``train.lr_schedule`` other than ``constant`` every optimizer's rate
-    is set at the start of each epoch (logged as ``lr``)."""
+    is set at the start of each epoch (logged as ``lr``). ``train.plugins`` (pipeline/train/plugins.py) set
+    the hash temperature per epoch and shape how the step's loss terms are backpropagated."""
     observer = observer or TrialObserver()
     opts = method.configure_optimizers(optimizer_factory(spec.train.optimizer))
     bs = spec.train.batch_size
@@ -283,6 +285,7 @@ def fit(
     schedule = spec.train.lr_schedule
     lr0 = spec.train.optimizer.lr
     base_lrs = {phase: [g["lr"] for g in opt.param_groups] for phase, opt in opts.items()}
+    plugins = make_plugins(spec.train.plugins, method, spec, len(part), n_epochs)
     t0 = time.perf_counter()
     if start is not None:
         start()
@@ -292,6 +295,8 @@ def fit(
         sums: dict[str, float] = defaultdict(float)
         counts: dict[str, int] = defaultdict(int)
         lr_now = schedule.lr_at(lr0, epoch, n_epochs)
+        if plugins is not None:
+            plugins.on_epoch_start(epoch)
         if schedule.name != "constant":
             for phase_, opt_ in opts.items():
                 for g, base in zip(opt_.param_groups, base_lrs[phase_]):
@@ -308,16 +313,21 @@ def fit(
                 if not torch.isfinite(total):
                     raise TrainingError(
                         f"{spec.key()}: non-finite loss in epoch {epoch}, phase {phase!r}: "
-                        + ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items())
+                        + ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items() if k != "per_item")
                     )
                 opt.zero_grad(set_to_none=True)
-                total.backward()
+                if plugins is not None and plugins.shapes_loss:
+                    plugins.backward(losses, batch, [p for g in opt.param_groups for p in g["params"] if p.requires_grad], phase)
+                else:
+                    total.backward()
                 if world > 1:
                     _average_gradients(method, world)
                 if spec.train.grad_clip:
                     torch.nn.utils.clip_grad_norm_(method.parameters(), spec.train.grad_clip)
                 opt.step()
                 for name, value in losses.items():
+                    if name == "per_item":
+                        continue
                     key = f"loss/{phase}/{name}"
                     sums[key] += float(value.detach())
                     counts[key] += 1
@@ -327,6 +337,8 @@ def fit(
         metrics.update({f"epoch/{k}": float(v) for k, v in extra.items()})
         if schedule.name != "constant":
             metrics["lr"] = lr_now
+        if plugins is not None:
+            metrics.update(plugins.epoch_metrics())
         metrics["epoch_seconds"] = time.perf_counter() - te
         bad = [k for k, v in metrics.items() if not math.isfinite(v)]
         if bad:
