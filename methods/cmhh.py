@@ -88,6 +88,7 @@ class CMHH(DCMH):
 
     name = "cmhh"
     Params = CMHHParams
+    supports_distributed = True  # per-item mean losses; F/G rows gathered after each pass, B = sign(F + G) broadcast
     paper = "Y. Cao, B. Liu, M. Long, J. Wang. Cross-Modal Hamming Hashing. ECCV 2018."
 
     def __init__(self, params: CMHHParams, info: DataInfo, bits: int) -> None:
@@ -95,6 +96,9 @@ class CMHH(DCMH):
         # tanh hash layer on both nets: DCMH's initialisation, buffers and encode see tanh outputs.
         self.image_net = torch.nn.Sequential(self.image_net, torch.nn.Tanh())
         self.text_net = torch.nn.Sequential(self.text_net, torch.nn.Tanh())
+
+    def distributed_loss_scale(self, local_n: int, global_n: int) -> float:
+        return local_n / global_n  # the focal and quantization terms are means over the batch
 
     def training_step(self, batch: dict[str, torch.Tensor], phase: str) -> dict[str, torch.Tensor]:
         net, own, other, x = self._phase_io(phase, batch)

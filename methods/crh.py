@@ -104,6 +104,7 @@ class CRH(HashMethod):
     modalities = ("image",)
     input_kinds = frozenset({"features", "pixels"})
     Params = CRHParams
+    supports_distributed = True  # per-item mean losses: sharded global batches + gradient all-reduce
     paper = "Codebook-Centric Deep Hashing (Center-Reassigned Hashing, CRH). AAAI 2026, arXiv 2511.12162."
 
     def __init__(self, params: CRHParams, info: DataInfo, bits: int) -> None:

@@ -62,6 +62,7 @@ class CSQ(HashMethod):
     modalities = ("image",)
     input_kinds = frozenset({"features", "pixels"})
     Params = CSQParams
+    supports_distributed = True  # per-item mean losses: sharded global batches + gradient all-reduce
     paper = "L. Yuan et al. Central Similarity Quantization for Efficient Image and Video Retrieval. CVPR 2020."
 
     def __init__(self, params: CSQParams, info: DataInfo, bits: int) -> None:

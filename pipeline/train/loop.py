@@ -27,6 +27,9 @@ from pipeline.data.formats import PreparedDataset
 from pipeline.data.loaders import SplitData
 from pipeline.core.errors import MethodError, TrainingError
 from pipeline.eval.evaluate import EvaluationResult, evaluate_codes, retrieval_directions
+from pipeline.train import checkpoint as ckpt
+from pipeline.train import distributed
+from pipeline.train.precision import Precision
 
 log = logging.getLogger(__name__)
 
@@ -82,19 +85,6 @@ class TrialOutcome:
     tags: dict[str, str] = field(default_factory=dict)  # the method's provenance tags (HashMethod.provenance_tags)
 
 
-def _distributed_world() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
-
-
-def _average_gradients(module: torch.nn.Module, world: int) -> None:
-    for p in module.parameters():
-        if p.grad is not None:
-            torch.distributed.all_reduce(p.grad, op=torch.distributed.ReduceOp.SUM)
-            p.grad /= world
-
-
 @dataclass(frozen=True)
 class Validation:
     """Tuning mode of :func:`run_trial`: a validation split carved (seeded) from the training split
@@ -108,7 +98,12 @@ class Validation:
 
 
 def run_trial(
-    spec: TrialSpec, prepared_dir: Path, observer: TrialObserver | None = None, device: str | None = None, validation: Validation | dict | None = None
+    spec: TrialSpec,
+    prepared_dir: Path,
+    observer: TrialObserver | None = None,
+    device: str | None = None,
+    validation: Validation | dict | None = None,
+    checkpoint: ckpt.Checkpointer | None = None,
 ) -> TrialOutcome:
     """Train ``spec.method`` on the prepared dataset, then encode and evaluate every direction.
 
@@ -118,12 +113,12 @@ def run_trial(
         validation = Validation(**validation)
     observer = observer or TrialObserver()
     dev = resolve_device(device or spec.train.device)
-    rank, world = _distributed_world()
+    rank, world = distributed.world()
     cls = get_method_class(spec.method)
     if world > 1 and not cls.supports_distributed:
         raise MethodError(
-            f"method {spec.method!r} keeps whole-training-set state (alternating/closed-form updates) and does not "
-            f"support {world} data-parallel workers; set resources.num_workers: 1"
+            f"method {spec.method!r} does not declare supports_distributed (data-parallel training on {world} workers "
+            f"does not match one worker for it yet); set resources.num_workers: 1"
         )
     seed_everything(spec.seed)
     ds = PreparedDataset(prepared_dir)
@@ -170,6 +165,7 @@ def run_trial(
         after_epoch=after_epoch,
         world=world,
         rank=rank,
+        checkpoint=checkpoint,
     )
 
     t1 = time.perf_counter()
@@ -218,12 +214,16 @@ def fit(
     after_epoch=None,
     world: int = 1,
     rank: int = 0,
+    checkpoint: ckpt.Checkpointer | None = None,
 ) -> tuple[list[dict[str, float]], float]:
     """The epoch loop, written once: ``start()`` (a method hook, timed), then per epoch one pass over
     ``part`` (a :class:`~pipeline.data.loaders.PartView`) per phase of the method, stepping that phase's
     optimizer on ``training_step``'s ``"loss"``, then ``on_epoch_end``. Optimizers come from
     ``configure_optimizers`` (fresh ones each call). ``after_epoch(epoch, metrics)`` may add metrics
-    before the observer sees them. Returns (per-epoch history, seconds including ``start``)."""
+    before the observer sees them. With ``checkpoint`` (:mod:`pipeline.train.checkpoint`), a checkpoint
+    found there is restored after ``start()`` (its epochs are replayed to the observer, training goes on
+    from the next one) and the state is saved every ``checkpoint.every`` epochs. Returns (per-epoch
+    history, seconds including ``start``)."""
     observer = observer or TrialObserver()
     opts = method.configure_optimizers(optimizer_factory(spec.train.optimizer))
     bs = spec.train.batch_size
@@ -232,40 +232,85 @@ def fit(
     if start is not None:
         start()
     history: list[dict[str, float]] = []
-    for epoch in range(n_epochs):
+    first_epoch = 0
+    if checkpoint is not None:
+        state = checkpoint.load() if rank == 0 else None
+        if world > 1:  # rank 0's find, on every rank (so every rank draws the same permutations)
+            box = [state]
+            torch.distributed.broadcast_object_list(box, src=0)
+            state = box[0]
+        if state is not None:
+            first_epoch, history = ckpt.restore(state, method, opts, rng)
+            for h in history:
+                observer.on_epoch(int(h["epoch"]), {k: v for k, v in h.items() if k != "epoch"})
+    amp = Precision(spec.train.precision, torch.device(dev))
+    pin = {"pin_memory": True} if spec.train.pin_memory is True or (spec.train.pin_memory == "auto" and torch.device(dev).type == "cuda") else {}
+    if world > 1:  # one starting point on every rank (rank 0's initialisation and on_train_start state)
+        distributed.broadcast_parameters(method)
+        distributed.broadcast_buffers(method)
+    for epoch in range(first_epoch, n_epochs):
         te = time.perf_counter()
         sums: dict[str, float] = defaultdict(float)
         counts: dict[str, int] = defaultdict(int)
+        n_batches: dict[str, int] = {}
         for phase in method.phases(epoch):
             if phase not in opts:
                 raise MethodError(f"method {spec.method!r} returned phase {phase!r} without an optimizer (has {sorted(opts)})")
             opt = opts[phase]
             order = rng.permutation(len(part))
-            if world > 1:
-                order = order[rank::world]
             method.train()
+            owned = []
+            n_batches[phase] = 0
             for start_ in range(0, len(order), bs):
-                batch = part.batch(order[start_ : start_ + bs], device=dev)
-                losses = method.training_step(batch, phase)
-                total = losses["loss"]
-                if not torch.isfinite(total):
-                    raise TrainingError(
-                        f"{spec.key()}: non-finite loss in epoch {epoch}, phase {phase!r}: "
-                        + ", ".join(f"{k}={float(v):.4g}" for k, v in losses.items())
-                    )
+                glob = order[start_ : start_ + bs]
+                local = distributed.shard(glob, rank, world)
+                n_batches[phase] += 1
                 opt.zero_grad(set_to_none=True)
-                total.backward()
                 if world > 1:
-                    _average_gradients(method, world)
+                    owned.append(local)
+                    scale = method.distributed_loss_scale(len(local), len(glob)) if len(local) else 0.0
+                    finite = True
+                    if len(local):
+                        with amp.autocast():
+                            losses = method.training_step(part.batch(local, device=dev, **pin), phase)
+                        finite = bool(torch.isfinite(losses["loss"]))
+                        if finite:
+                            amp.backward(losses["loss"])
+                            for name, value in losses.items():
+                                sums[f"loss/{phase}/{name}"] += float(value.detach()) * scale
+                    try:
+                        distributed.all_reduce_gradients([p for g in opt.param_groups for p in g["params"]], scale, finite)
+                    except TrainingError as exc:
+                        raise TrainingError(f"{spec.key()}: epoch {epoch}, phase {phase!r}: {exc}") from None
+                else:
+                    with amp.autocast():
+                        losses = method.training_step(part.batch(local, device=dev, **pin), phase)
+                    total = losses["loss"]
+                    if not torch.isfinite(total):
+                        raise TrainingError(
+                            f"{spec.key()}: non-finite loss in epoch {epoch}, phase {phase!r}: "
+                            + ", ".join(f"{k}={float(v):.4g}" for k, v in losses.items())
+                        )
+                    amp.backward(total)
+                    for name, value in losses.items():
+                        key = f"loss/{phase}/{name}"
+                        sums[key] += float(value.detach())
+                        counts[key] += 1
                 if spec.train.grad_clip:
+                    amp.unscale(opt)
                     torch.nn.utils.clip_grad_norm_(method.parameters(), spec.train.grad_clip)
-                opt.step()
-                for name, value in losses.items():
-                    key = f"loss/{phase}/{name}"
-                    sums[key] += float(value.detach())
-                    counts[key] += 1
+                amp.step(opt)
+            if world > 1:
+                distributed.gather_item_rows(method, method.distributed_item_buffers(phase), np.concatenate(owned) if owned else np.zeros(0, np.int64))
+        if world > 1:  # the global batches' losses: sum over ranks of loss_r * n_r / n, per batch of the phase
+            comm = distributed.comm_device(method)
+            keys = distributed.all_keys(set(sums), comm)
+            sums = defaultdict(float, distributed.all_reduce_sums({k: sums.get(k, 0.0) for k in keys}, comm))
+            counts = defaultdict(int, {k: n_batches[k.split("/")[1]] for k in keys})
         with torch.no_grad():
             extra = method.on_epoch_end(epoch, train_data) or {}
+            if world > 1:  # the update ran on every rank from the same gathered state: rank 0's result wins
+                distributed.broadcast_buffers(method)
         metrics = {k: sums[k] / counts[k] for k in sums}
         metrics.update({f"epoch/{k}": float(v) for k, v in extra.items()})
         metrics["epoch_seconds"] = time.perf_counter() - te
@@ -276,6 +321,8 @@ def fit(
             after_epoch(epoch, metrics)
         history.append({"epoch": epoch, **metrics})
         observer.on_epoch(epoch, metrics)
+        if checkpoint is not None and checkpoint.due(epoch + 1, n_epochs):
+            checkpoint.save(ckpt.capture(method, opts, rng, epoch + 1, history))
     return history, time.perf_counter() - t0
 
 
