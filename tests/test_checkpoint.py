@@ -45,8 +45,7 @@ def _fast(spec, epochs):
 
 
 CASES = [
-    # (method, dataset, params): a plain network; generators and reassignment; whole-set buffers and two phases
-    ("csq", "digits", {"hidden": [64]}),
+    # (method, dataset, params): a network with its own generators and center reassignment; whole-set buffers and two phases
     ("crh", "digits", {"hidden": [64], "reassign_every": 1}),
     ("dcmh", "wikipedia", {"image_hidden": [64], "text_hidden": [64]}),
 ]

@@ -323,7 +323,7 @@ def ray_train_checkpointer(c, rank: int, observer: "_WorkerObserver"):
             return None
         return Path(found.to_directory())
 
-    return dataclasses.replace(c, write=rank == 0, on_save=on_save, extra_source=restored)
+    return dataclasses.replace(c, write=rank == 0, on_save=on_save, restored=restored)
 
 
 def distributed_body(body: TrialBody, p: Placement, storage_path: Path, pg_registry: Path | None = None) -> TrialBody:

@@ -100,21 +100,25 @@ class Checkpointer:
     """Saves and finds one trial's checkpoint in ``directory`` every ``every`` epochs (0: never).
 
     ``on_save(directory)`` runs after each save (the Ray Train path reports the folder as a Ray
-    checkpoint there); ``extra_source()`` may return another folder to resume from when ``directory``
-    holds nothing (Ray Train's restored checkpoint), ``write`` False keeps this rank from writing
-    (ranks > 0 of a Ray Train trial)."""
+    checkpoint there); ``restored()`` may return a folder to resume from before ``directory`` is
+    looked at (Ray Train's checkpoint of the same run after a worker-group restart: its epochs are
+    already logged, so ``replay`` is then False); ``write`` False keeps this rank from writing (ranks > 0
+    of a Ray Train trial)."""
 
     directory: Path
     every: int = 0
     write: bool = True
     on_save: Callable[[Path], None] | None = None
-    extra_source: Callable[[], Path | None] | None = None
+    restored: Callable[[], Path | None] | None = None
     trial: str = ""
     resumed_from: int | None = None  # the epoch the last load() resumed at (None: started from scratch)
+    replay: bool = True  # whether the loaded checkpoint's epochs should be replayed to the observer (a new run)
 
     def load(self) -> dict[str, Any] | None:
-        for d in (self.directory, self.extra_source() if self.extra_source else None):
+        first = self.restored() if self.restored else None
+        for d, replay in ((first, False), (self.directory, True)):
             if d is not None and (Path(d) / STATE_FILE).is_file():
+                self.replay = replay
                 state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=False)
                 log.info("%s: resuming from the checkpoint in %s (epoch %d)", self.trial, d, state["next_epoch"])
                 self.resumed_from = int(state["next_epoch"])

@@ -236,12 +236,12 @@ def fit(
     if checkpoint is not None:
         state = checkpoint.load() if rank == 0 else None
         if world > 1:  # rank 0's find, on every rank (so every rank draws the same permutations)
-            box = [state]
+            box = [state, checkpoint.replay]
             torch.distributed.broadcast_object_list(box, src=0)
-            state = box[0]
+            state, checkpoint.replay = box
         if state is not None:
             first_epoch, history = ckpt.restore(state, method, opts, rng)
-            for h in history:
+            for h in history if checkpoint.replay else []:
                 observer.on_epoch(int(h["epoch"]), {k: v for k, v in h.items() if k != "epoch"})
     amp = Precision(spec.train.precision, torch.device(dev))
     pin = {"pin_memory": True} if spec.train.pin_memory is True or (spec.train.pin_memory == "auto" and torch.device(dev).type == "cuda") else {}
