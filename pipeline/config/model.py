@@ -288,10 +288,11 @@ class Params(_Strict):
         return [n for n, s in self.suites.items() if s.profile == profile]
 
 
-KEY_VERSION = 2
+KEY_VERSION = 3
 """Version of the trial-key scheme; bumped whenever what enters the key changes (runs of another
 version are never taken as finished). 1: the resolved spec including eval settings (until 2026-12);
-2: training payload only (no eval, no suite), plus prepared-data manifest hash and code hash."""
+2: training payload only (no eval, no suite), plus prepared-data manifest hash and code hash;
+3: ``train.precision`` enters, ``train.checkpoint_every`` and ``train.pin_memory`` (no effect on results) do not."""
 
 
 def canonical_hash(payload: Any) -> str:
