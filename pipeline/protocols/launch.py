@@ -95,6 +95,7 @@ def init_ray(address: str | None, log_file: Path | None = None, verbose: bool = 
         ray.init(address=address, log_to_driver=verbose, configure_logging=False)
     else:
         ray.init(
+            address="local",  # a new local Ray, never a stray `ray start` cluster named in /tmp/ray/ray_current_cluster
             resources={DRIVER_RESOURCE: 10_000},
             include_dashboard=False,
             log_to_driver=verbose,
