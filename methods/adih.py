@@ -144,6 +144,7 @@ class ADIH(HashMethod):
     modalities = ("image", "text")
     input_kinds = frozenset({"features", "pixels", "bow"})
     Params = ADIHParams
+    supports_distributed = True  # F rows gathered after each pass; the discrete code update on rank 0, broadcast
     paper = "K. Zhou, L. Xu, B. Zheng, Y. Xie. Adaptive deep incremental (cross-modal) hashing, ADIH (paper 003)."
     supports_incremental = True
 
@@ -190,6 +191,12 @@ class ADIH(HashMethod):
         if self.stage == "increment":
             return getattr(self, f"Fn_{m}"), getattr(self, f"Hn_{m}")
         return getattr(self, f"F_{m}"), getattr(self, f"H_{m}")
+
+    def distributed_loss_scale(self, local_n: int, global_n: int) -> float:
+        return local_n / global_n if self.params.normalize else 1.0
+
+    def distributed_item_buffers(self, phase: str) -> tuple[str, ...]:
+        return (f"Fn_{phase}",) if self.stage == "increment" else (f"F_{phase}",)
 
     # -- hooks -----------------------------------------------------------------------------------
     def configure_optimizers(self, make_optimizer) -> dict[str, torch.optim.Optimizer]:

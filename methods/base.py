@@ -174,6 +174,17 @@ class HashMethod(torch.nn.Module):
         """Real-valued codes (B, bits) for ``modality``; the evaluator takes the sign."""
         raise NotImplementedError
 
+    # -- data-parallel training (pipeline/train/distributed.py); only used when supports_distributed ----------
+    def distributed_loss_scale(self, local_n: int, global_n: int) -> float:
+        """Weight of one rank's gradient in the global batch's: ``local_n / global_n`` when ``"loss"`` is a
+        mean over the batch's items (the default), 1.0 when it is a sum over them."""
+        return local_n / global_n
+
+    def distributed_item_buffers(self, phase: str) -> tuple[str, ...]:
+        """Names of the (n_train, ...) buffers whose rows ``training_step`` of ``phase`` writes at
+        ``batch["index"]``; the loop gathers every rank's rows into every rank after the phase's pass."""
+        return ()
+
     @torch.no_grad()
     def store_train_labels(self, labels: torch.Tensor) -> None:
         """Copy ``TrainData.labels`` into the method's ``train_labels`` buffer, refusing a shape other than (n_train, n_classes)."""

@@ -92,6 +92,7 @@ class CMHH(DCMH):
     name = "cmhh"
     Params = CMHHParams
     supports_temperature = True  # the tanh hash layers are TemperedTanh
+    supports_distributed = True  # per-item mean losses; F/G rows gathered after each pass, B = sign(F + G) broadcast
     paper = "Y. Cao, B. Liu, M. Long, J. Wang. Cross-Modal Hamming Hashing. ECCV 2018."
     #: not DCMH's recipe (no code of CMHH's authors was found): the global ``train`` settings, PyTorch's default init
     train_defaults = {}
@@ -102,6 +103,9 @@ class CMHH(DCMH):
         # tanh hash layer on both nets: DCMH's initialisation, buffers and encode see tanh outputs.
         self.image_net = torch.nn.Sequential(self.image_net, TemperedTanh())
         self.text_net = torch.nn.Sequential(self.text_net, TemperedTanh())
+
+    def distributed_loss_scale(self, local_n: int, global_n: int) -> float:
+        return local_n / global_n  # the focal and quantization terms are means over the batch
 
     def training_step(self, batch: dict[str, torch.Tensor], phase: str) -> dict[str, torch.Tensor]:
         net, own, other, x = self._phase_io(phase, batch)

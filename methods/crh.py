@@ -99,6 +99,7 @@ class CRH(ImageHashMethod):
     name = "crh"
     Params = CRHParams
     supports_temperature = True  # h = tanh(z / T) feeds the margin loss and the codes
+    supports_distributed = True  # per-item mean losses: sharded global batches + gradient all-reduce
     paper = "Codebook-Centric Deep Hashing (Center-Reassigned Hashing, CRH). AAAI 2026, arXiv 2511.12162."
 
     def __init__(self, params: CRHParams, info: DataInfo, bits: int) -> None:

@@ -56,6 +56,7 @@ class CSQ(ImageHashMethod):
     name = "csq"
     Params = CSQParams
     supports_temperature = True  # h = tanh(z / T) feeds the quantization term and the codes
+    supports_distributed = True  # per-item mean losses: sharded global batches + gradient all-reduce
     paper = "L. Yuan et al. Central Similarity Quantization for Efficient Image and Video Retrieval. CVPR 2020."
 
     def __init__(self, params: CSQParams, info: DataInfo, bits: int) -> None:

@@ -153,6 +153,9 @@ class DCMH(HashMethod):
     modalities = ("image", "text")
     input_kinds = frozenset({"features", "pixels", "bow"})
     Params = DCMHParams
+    # not yet: the balance term's full-set estimate (drift/stale offsets, the batch-size normalisation) uses the
+    # rank's own shard, and 2 workers diverge from 1 (measured; tests/test_distributed.py). CMHH (no balance term) does.
+    supports_distributed = False
     paper = "Q.-Y. Jiang and W.-J. Li. Deep Cross-Modal Hashing. CVPR 2017."
     per_item_term = "likelihood"  # training_step's "per_item": each batch row's likelihood part
     #: the authors' code's training recipe (sources in the module docstring); epochs are the suite's
@@ -238,6 +241,12 @@ class DCMH(HashMethod):
         if phase == "text":
             return self.text_net, self.G_buf, self.F_buf, batch["text"]
         raise MethodError(f"{self.name}: unknown phase {phase!r}; phases are 'image' and 'text'")
+
+    def distributed_loss_scale(self, local_n: int, global_n: int) -> float:
+        return local_n / global_n if self.params.normalize else 1.0  # normalize: the sums are divided by the batch size
+
+    def distributed_item_buffers(self, phase: str) -> tuple[str, ...]:
+        return ("F_buf",) if phase == "image" else ("G_buf",)
 
     def training_step(self, batch: dict[str, torch.Tensor], phase: str) -> dict[str, torch.Tensor]:
         """One mini-batch of phase (a) ``"image"`` or (b) ``"text"`` of Algorithm 1.

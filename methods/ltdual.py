@@ -104,6 +104,7 @@ class LTDual(HashMethod):
     modalities = ("image",)
     input_kinds = frozenset({"features", "pixels"})
     Params = LTDualParams
+    supports_distributed = True  # per-item mean losses: sharded global batches + gradient all-reduce
     paper = "Y. Li, Z. Wang. Deep Hash Retrieval Model Based on Improved Swin Transformer. 2025 (losses: Jang et al., DHD, ECCV 2022)."
 
     def __init__(self, params: LTDualParams, info: DataInfo, bits: int) -> None:

@@ -166,6 +166,9 @@ class MFPMC(HashMethod):
     modalities = ("image", "text")
     input_kinds = frozenset({"features", "pixels", "bow"})
     Params = MFPMCParams
+    # not yet: J1's balance estimate (n / B times the batch sum) and L_p over the batch's pairs use the rank's
+    # shard (2 workers: 2x the balance term, measured); the Hx/Hy gathering below is ready for when they don't
+    supports_distributed = False
     paper = (
         "W. Deng, Y. Zhao, W. Yang, B. Zhang, H. Li, S. Ye. Cross-Modal Hash Method Based on Multi-Scale Fusion "
         "and Projection Matching Constraint. Laser & Optoelectronics Progress 59(24): 2410006, 2022."
@@ -200,6 +203,12 @@ class MFPMC(HashMethod):
 
     def phases(self, epoch: int) -> list[str]:
         return ["joint"]
+
+    def distributed_loss_scale(self, local_n: int, global_n: int) -> float:
+        return local_n / global_n if self.params.normalize == "mean" else 1.0
+
+    def distributed_item_buffers(self, phase: str) -> tuple[str, ...]:
+        return ("Hx_buf", "Hy_buf")
 
     def _similarity(self, a: torch.Tensor, b: torch.Tensor, kind: str) -> torch.Tensor:
         if kind == "binary":

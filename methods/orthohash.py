@@ -55,6 +55,7 @@ class OrthoHash(ImageHashMethod):
 
     name = "orthohash"
     Params = OrthoHashParams
+    supports_distributed = True  # per-item mean losses: sharded global batches + gradient all-reduce
     paper = "J. T. Hoe et al. One Loss for All: Deep Hashing with a Single Cosine Similarity based Learning Objective. NeurIPS 2021."
 
     def __init__(self, params: OrthoHashParams, info: DataInfo, bits: int) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -381,6 +382,17 @@ def cmd_features(args) -> int:
     return 0
 
 
+def cmd_tracking_server(args) -> int:
+    """Run an MLflow tracking server (SQL backend + artifact serving) in the foreground for multi-node benches."""
+    from pipeline.train import tracking
+
+    cmd = tracking.server_command(_paths(args), args.host, args.port, args.backend_store_uri, args.artifacts_destination)
+    print(f"hashbench: MLflow tracking server on http://{args.host}:{args.port}; set tracking.mlflow_uri: http://<this host>:{args.port}", file=sys.stderr)
+    print("  " + " ".join(cmd), file=sys.stderr)
+    os.execv(cmd[0], cmd)
+    return 0  # not reached
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hashbench", description="HashBench: learning-to-hash retrieval benchmark. Stages: fetch -> prepare -> bench -> report.")
     p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
@@ -441,6 +453,13 @@ def build_parser() -> argparse.ArgumentParser:
     inc.add_argument("--no-retrain", action="store_true", help="skip the full-retraining reference")
     inc.add_argument("--out", help="JSON file (default: results/incremental/<dataset>-<method>-<bits>-new<N>-s<seed>.json)")
     inc.set_defaults(func=cmd_incremental)
+
+    ts = sub.add_parser("tracking-server", help="run an MLflow tracking server (sqlite backend, artifact serving) that every node of a Ray cluster logs to")
+    ts.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface; default 127.0.0.1)")
+    ts.add_argument("--port", type=int, default=5000)
+    ts.add_argument("--backend-store-uri", help="SQL backend (default: sqlite:///<root>/.hashbench/mlflow-server.db)")
+    ts.add_argument("--artifacts-destination", help="where served artifacts are stored (default: <root>/mlartifacts-server)")
+    ts.set_defaults(func=cmd_tracking_server)
 
     ls = sub.add_parser("list", help="datasets, methods, suites and profiles")
     ls.add_argument("--resolved", metavar="SUITE", help="print every trial SUITE runs, fully resolved")

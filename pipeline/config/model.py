@@ -166,6 +166,13 @@ class TrainConfig(_Strict):
     grad_clip: float | None = Field(None, gt=0)
     loader_workers: int = Field(0, ge=0)
     eval_every: int = Field(0, ge=0, description="evaluate on the validation data every N epochs (0: never)")
+    checkpoint_every: int = Field(
+        0, ge=0, description="save the training state every N epochs (0: never); a killed trial resumes from it (not part of the trial key)"
+    )
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="autocast of the forward passes on CUDA: bf16 or fp16 (with a gradient scaler); fp32: none. On CPU only bf16 autocasts"
+    )
+    pin_memory: bool | Literal["auto"] = Field("auto", description="pinned host memory for batches copied to a GPU (auto: when training on CUDA; not part of the trial key)")
 
     @field_validator("device")
     @classmethod
@@ -242,6 +249,7 @@ class ResourcesConfig(_Strict):
     cpus_per_worker: float = Field(1.0, gt=0)
     gpus_per_worker: float = Field(1.0, ge=0)
     max_concurrent_trials: int | None = Field(None, ge=1)
+    max_failures: int = Field(0, ge=0, description="Ray Train worker-group restarts of a multi-worker trial (resumed from its last checkpoint)")
 
 
 class TrackingConfig(_Strict):
@@ -396,10 +404,11 @@ class Params(_Strict):
         return [n for n, s in self.suites.items() if s.profile == profile]
 
 
-KEY_VERSION = 2
+KEY_VERSION = 3
 """Version of the trial-key scheme; bumped whenever what enters the key changes (runs of another
 version are never taken as finished). 1: the resolved spec including eval settings (until 2026-12);
-2: training payload only (no eval, no suite), plus prepared-data manifest hash and code hash."""
+2: training payload only (no eval, no suite), plus prepared-data manifest hash and code hash;
+3: ``train.precision`` enters, ``train.checkpoint_every`` and ``train.pin_memory`` (no effect on results) do not."""
 
 
 def canonical_hash(payload: Any) -> str:
@@ -441,7 +450,7 @@ class TrialSpec(_Strict):
 
     def training_payload(self) -> dict[str, Any]:
         """What the training key hashes (see the class docstring)."""
-        return {"key_version": KEY_VERSION, **self.model_dump(mode="json", exclude={"suite", "eval"})}
+        return {"key_version": KEY_VERSION, **self.model_dump(mode="json", exclude={"suite": True, "eval": True, "train": {"checkpoint_every": True, "pin_memory": True}})}
 
     def resolved_hash(self) -> str:
         """sha256 of :meth:`training_payload`."""

@@ -46,6 +46,11 @@ class ProjectPaths:
         return self.root / ".hashbench" / "logs"
 
     @property
+    def checkpoints(self) -> Path:
+        """In-trial checkpoints of unfinished trials, one folder per trial key: ``.hashbench/checkpoints``."""
+        return self.root / ".hashbench" / "checkpoints"
+
+    @property
     def locks(self) -> Path:
         """Per-suite lock files: ``.hashbench/locks``."""
         return self.root / ".hashbench" / "locks"

@@ -51,14 +51,19 @@ class PartView:
             out = (out - mean) / std
         return out
 
-    def batch(self, positions: np.ndarray, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    def batch(self, positions: np.ndarray, device: torch.device | str = "cpu", pin_memory: bool = False) -> dict[str, torch.Tensor]:
+        """One batch on ``device``; ``pin_memory``: through page-locked host memory, copied asynchronously (CUDA)."""
         positions = np.asarray(positions, dtype=np.int64)
-        out = {
-            "index": torch.from_numpy(positions).to(device),
-            "labels": torch.from_numpy(self.labels[positions]).to(device),
-        }
+
+        def move(a: np.ndarray) -> torch.Tensor:
+            t = torch.from_numpy(a)
+            if pin_memory:
+                return t.pin_memory().to(device, non_blocking=True)
+            return t.to(device)
+
+        out = {"index": move(positions), "labels": move(self.labels[positions])}
         for m in self.modalities:
-            out[m] = torch.from_numpy(self.modality_rows(m, positions)).to(device)
+            out[m] = move(self.modality_rows(m, positions))
         return out
 
     def batches(self, batch_size: int, *, shuffle: bool = False, generator: np.random.Generator | None = None, device="cpu") -> Iterator[dict[str, torch.Tensor]]:

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from pipeline.config import ResourcesConfig, TrialSpec
+from pipeline.core.errors import ConfigError, HashBenchError
 from pipeline.train import tracking
 from pipeline.train.executor import BodyResult, RunObserver, TrialBody, TrialContext, headline
 from pipeline.train.loop import TrialObserver
@@ -61,6 +62,7 @@ class Placement:
     use_gpu: bool
     concurrent: int
     ray_train: bool = False  # run even a 1-worker trial as a Ray Train TorchTrainer (tune.executor: train)
+    max_failures: int = 0  # Ray Train worker-group restarts of a trial (resources.max_failures), resumed from its checkpoint
 
     @property
     def in_process(self) -> bool:
@@ -108,6 +110,52 @@ def init_ray(address: str | None, log_file: Path | None = None, verbose: bool = 
             pass
 
 
+def alive_nodes() -> list[dict]:
+    """The alive nodes of the Ray cluster this process is connected to."""
+    import ray
+
+    return [n for n in ray.nodes() if n.get("Alive")]
+
+
+def check_cluster_store(uri: str, n_nodes: int) -> None:
+    """Refuse a multi-node cluster with a store only this machine can reach (Ray's docs: use a tracking
+    server in a multi-node setting): workers on other nodes would write runs nobody sees, or fail."""
+    if n_nodes > 1 and tracking.is_local_store(uri):
+        raise ConfigError(
+            f"the Ray cluster has {n_nodes} nodes but the MLflow store {uri!r} is local to this machine; set "
+            "tracking.mlflow_uri (or MLFLOW_TRACKING_URI) to a tracking server every node reaches, e.g. start one with "
+            "`hashbench tracking-server --host 0.0.0.0` and set tracking.mlflow_uri: http://<this host>:5000"
+        )
+
+
+def check_data_on_nodes(prepared_dir: Path, manifest_sha256: str) -> None:
+    """Prepared data reaches the workers through a shared path (a network file system mounted at the same
+    place on every node; arrays are memory-mapped, so the object store would copy what a mount shares):
+    one tiny task per alive node reads the manifest there and compares its hash with this node's."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    @ray.remote(num_cpus=0)
+    def manifest_hash(path: str) -> tuple[str, str]:
+        import hashlib
+        import socket
+
+        f = Path(path) / "manifest.json"
+        return socket.gethostname(), hashlib.sha256(f.read_bytes()).hexdigest() if f.is_file() else ""
+
+    nodes = alive_nodes()
+    refs = [manifest_hash.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(str(prepared_dir)) for n in nodes]
+    bad = []
+    for n, (host, sha) in zip(nodes, ray.get(refs)):
+        if sha != manifest_sha256:
+            bad.append(f"node {n.get('NodeManagerAddress')} ({host}): " + ("no manifest.json" if not sha else f"manifest hash {sha[:12]}"))
+    if bad:
+        raise HashBenchError(
+            f"prepared data {prepared_dir} (manifest {manifest_sha256[:12]}) is not the same on every Ray node: " + "; ".join(bad)
+            + ". Put data/prepared on a file system mounted at the same path on every node"
+        )
+
+
 _WARM: dict[str, float] = {}
 
 
@@ -153,7 +201,9 @@ def placement(res: ResourcesConfig, *, override_concurrency: int | None = None, 
     if use_gpu and res.gpus_per_worker > 0:
         fits = min(fits, int(cluster.get("GPU", 0) // (res.num_workers * res.gpus_per_worker)))
     concurrent = override_concurrency or res.max_concurrent_trials or max(1, fits)
-    return Placement(res.num_workers, res.cpus_per_worker, res.gpus_per_worker if use_gpu else 0.0, bool(use_gpu), concurrent, ray_train)
+    return Placement(
+        res.num_workers, res.cpus_per_worker, res.gpus_per_worker if use_gpu else 0.0, bool(use_gpu), concurrent, ray_train, res.max_failures
+    )
 
 
 def trial_resources(p: Placement) -> dict[str, float]:
@@ -256,6 +306,7 @@ def _worker_loop(config: dict) -> None:
     if rank == 0 and config.get("pg_registry") and config.get("tune_trial_id"):
         register_worker_group(Path(config["pg_registry"]), config["tune_trial_id"])
     observer = _WorkerObserver(ctx, config["run_id"], rank)
+    ctx = dataclasses.replace(ctx, checkpoint_hook=lambda c: ray_train_checkpointer(c, rank, observer))
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
         result = body(spec, ctx, observer, out)
@@ -267,12 +318,32 @@ def _worker_loop(config: dict) -> None:
         ray.train.report({**observer.latest, "trial_complete": 1.0}, checkpoint=checkpoint)
 
 
+def ray_train_checkpointer(c, rank: int, observer: "_WorkerObserver"):
+    """A trial's :class:`~pipeline.train.checkpoint.Checkpointer` on a Ray Train worker: rank 0 writes the
+    folder, every rank reports it (rank 0 with the folder as a Ray checkpoint) so the ranks stay in step, and
+    a worker group restarted after a failure resumes from ``ray.train.get_checkpoint()`` when the folder
+    is not on this node."""
+    import ray.train
+
+    def on_save(directory: Path) -> None:
+        checkpoint = ray.train.Checkpoint.from_directory(str(directory)) if rank == 0 else None
+        ray.train.report(dict(observer.latest), checkpoint=checkpoint)
+
+    def restored() -> Path | None:
+        found = ray.train.get_checkpoint()
+        if found is None:
+            return None
+        return Path(found.to_directory())
+
+    return dataclasses.replace(c, write=rank == 0, on_save=on_save, restored=restored)
+
+
 def distributed_body(body: TrialBody, p: Placement, storage_path: Path, pg_registry: Path | None = None) -> TrialBody:
     """A body that runs ``body`` on ``p.num_workers`` Ray Train workers (data parallel)."""
 
     def run(spec: TrialSpec, ctx: TrialContext, observer: TrialObserver, out_dir: Path) -> BodyResult:
         from ray import tune
-        from ray.train import RunConfig, ScalingConfig
+        from ray.train import FailureConfig, RunConfig, ScalingConfig
         from ray.train.torch import TorchTrainer
         from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -290,7 +361,12 @@ def distributed_body(body: TrialBody, p: Placement, storage_path: Path, pg_regis
                 "tune_trial_id": trial_id,
             },
             scaling_config=ScalingConfig(num_workers=p.num_workers, use_gpu=p.use_gpu, resources_per_worker=worker),
-            run_config=RunConfig(name=safe_name(f"{spec.key()}-{run_id[:8]}"), storage_path=str(storage_path), callbacks=[TuneReportCallback()] if ctx.report else []),
+            run_config=RunConfig(
+                name=safe_name(f"{spec.key()}-{run_id[:8]}"),
+                storage_path=str(storage_path),
+                callbacks=[TuneReportCallback()] if ctx.report else [],
+                failure_config=FailureConfig(max_failures=p.max_failures),
+            ),
         )
         result = trainer.fit()
         if result.checkpoint is None:

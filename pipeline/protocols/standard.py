@@ -38,6 +38,7 @@ from pipeline.protocols import launch
 from pipeline.protocols.incremental import run_incremental_trials
 from pipeline.train import tracking
 from pipeline.train.executor import BodyResult, TrialContext, execute_trial, reap_dead_runs
+from pipeline.train.checkpoint import Checkpointer
 from pipeline.train.loop import TrialObserver, run_trial
 
 log = logging.getLogger(__name__)
@@ -68,13 +69,31 @@ class BenchSummary:
 
 def standard_body(spec: TrialSpec, ctx: TrialContext, observer: TrialObserver, out_dir: Path) -> BodyResult:
     """Train, encode, evaluate (on the validation split when ``ctx.validation``); artifacts into ``out_dir``."""
-    outcome = run_trial(spec, ctx.prepared_dir, observer, device=ctx.device, validation=ctx.validation)
+    checkpointer = trial_checkpointer(spec, ctx)
+    outcome = run_trial(spec, ctx.prepared_dir, observer, device=ctx.device, validation=ctx.validation, checkpoint=checkpointer)
     tracking.write_outcome_artifacts(outcome, out_dir)
+    tags = dict(outcome.tags)
+    if checkpointer is not None:
+        checkpointer.clear()
+        if checkpointer.resumed_from is not None:
+            tags["hashbench.resumed_from_epoch"] = str(checkpointer.resumed_from)
     final = outcome.evaluation.flat_metrics()
     final.update(train_seconds=outcome.train_seconds, eval_seconds=outcome.eval_seconds, n_parameters=outcome.n_parameters)
     return BodyResult(
-        metrics=final, inner_seconds=outcome.train_seconds + outcome.eval_seconds, device=outcome.device, tags=dict(outcome.tags), history=outcome.history
+        metrics=final, inner_seconds=outcome.train_seconds + outcome.eval_seconds, device=outcome.device, tags=tags, history=outcome.history
     )
+
+
+def trial_checkpointer(spec: TrialSpec, ctx: TrialContext) -> Checkpointer | None:
+    """The in-process trial's checkpoints (``<checkpoint_root>/<trial key>``), or None when the launch has no
+    checkpoint root or ``train.checkpoint_every`` is 0 (and no earlier run left a checkpoint to resume)."""
+    if ctx.checkpoint_root is None or ctx.validation is not None:
+        return None
+    directory = Path(ctx.checkpoint_root) / launch.safe_name(spec.key())
+    if spec.train.checkpoint_every == 0 and not directory.exists() and ctx.checkpoint_hook is None:
+        return None
+    checkpointer = Checkpointer(directory, every=spec.train.checkpoint_every, trial=spec.key())
+    return ctx.checkpoint_hook(checkpointer) if ctx.checkpoint_hook is not None else checkpointer
 
 
 def body_for(p: launch.Placement, storage: Path, body=standard_body, pg_registry: Path | None = None):
@@ -218,12 +237,17 @@ def run_bench(params: Params, suite_name: str, paths: ProjectPaths, *, params_fi
                 prepared_dir=prepared_dir,
                 provenance=tracking.provenance_tags(paths, params_file, params_hash(params_file), dataset.manifest_sha256),
                 report_every=BENCH_REPORT_EVERY,
+                checkpoint_root=paths.checkpoints,
             )
             try:
                 if suite.incremental is not None:  # timed protocol: trial by trial (pipeline/protocols/incremental.py)
                     errors = run_incremental_trials(pending, ctx)
                 else:
                     launch.init_ray(params.resources.ray_address, launch.ray_log_file(paths.logs, f"bench-{suite_name}"), verbose)
+                    n_nodes = len(launch.alive_nodes())
+                    launch.check_cluster_store(uri, n_nodes)
+                    if n_nodes > 1:
+                        launch.check_data_on_nodes(prepared_dir, dataset.manifest_sha256)
                     errors = _run_grid(pending, params, paths, ctx, suite_name)
             except KeyboardInterrupt:
                 interrupted = True

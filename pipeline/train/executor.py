@@ -70,6 +70,8 @@ class TrialContext:
     sticky: bool = False
     executor: str = "in-process"
     extra_tags: Mapping[str, str] = field(default_factory=dict)
+    checkpoint_root: Path | None = None  # .hashbench/checkpoints: in-trial checkpoints (train.checkpoint_every) by trial key
+    checkpoint_hook: Callable[[Any], Any] | None = None  # adapts a trial's Checkpointer to its launcher (Ray Train: report, restore)
 
 
 @dataclass

@@ -30,6 +30,9 @@ from pipeline.core.errors import MethodError, TrainingError
 from pipeline.eval.evaluate import EvaluationResult, evaluate_codes, retrieval_directions
 from pipeline.train.plugins import make_plugins
 from pipeline.train.samplers import make_sampler
+from pipeline.train import checkpoint as ckpt
+from pipeline.train import distributed
+from pipeline.train.precision import Precision
 
 log = logging.getLogger(__name__)
 
@@ -85,19 +88,6 @@ class TrialOutcome:
     tags: dict[str, str] = field(default_factory=dict)  # the method's provenance tags (HashMethod.provenance_tags)
 
 
-def _distributed_world() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
-
-
-def _average_gradients(module: torch.nn.Module, world: int) -> None:
-    for p in module.parameters():
-        if p.grad is not None:
-            torch.distributed.all_reduce(p.grad, op=torch.distributed.ReduceOp.SUM)
-            p.grad /= world
-
-
 @dataclass(frozen=True)
 class Validation:
     """Tuning mode of :func:`run_trial`: a validation split carved (seeded) from the training split
@@ -111,7 +101,12 @@ class Validation:
 
 
 def run_trial(
-    spec: TrialSpec, prepared_dir: Path, observer: TrialObserver | None = None, device: str | None = None, validation: Validation | dict | None = None
+    spec: TrialSpec,
+    prepared_dir: Path,
+    observer: TrialObserver | None = None,
+    device: str | None = None,
+    validation: Validation | dict | None = None,
+    checkpoint: ckpt.Checkpointer | None = None,
 ) -> TrialOutcome:
     """Train ``spec.method`` on the prepared dataset, then encode and evaluate every direction.
 
@@ -121,12 +116,12 @@ def run_trial(
         validation = Validation(**validation)
     observer = observer or TrialObserver()
     dev = resolve_device(device or spec.train.device)
-    rank, world = _distributed_world()
+    rank, world = distributed.world()
     cls = get_method_class(spec.method)
     if world > 1 and not cls.supports_distributed:
         raise MethodError(
-            f"method {spec.method!r} keeps whole-training-set state (alternating/closed-form updates) and does not "
-            f"support {world} data-parallel workers; set resources.num_workers: 1"
+            f"method {spec.method!r} does not declare supports_distributed (data-parallel training on {world} workers "
+            f"does not match one worker for it yet); set resources.num_workers: 1"
         )
     seed_everything(spec.seed)
     ds = PreparedDataset(prepared_dir)
@@ -176,6 +171,7 @@ def run_trial(
         after_epoch=after_epoch,
         world=world,
         rank=rank,
+        checkpoint=checkpoint,
     )
 
     t1 = time.perf_counter()
@@ -262,6 +258,7 @@ def fit(
     after_epoch=None,
     world: int = 1,
     rank: int = 0,
+    checkpoint: ckpt.Checkpointer | None = None,
 ) -> tuple[list[dict[str, float]], float]:
     """The epoch loop, written once: ``start()`` (a method hook, timed), then per epoch one pass over
     ``part`` (a :class:`~pipeline.data.loaders.PartView`) per phase of the method, stepping that phase's
@@ -272,7 +269,12 @@ def fit(
     The batches of every pass come from the ``train.sampler`` (pipeline/train/samplers.py), drawn from
     ``rng`` anew for each phase; with ``train.lr_schedule`` other than ``constant`` every optimizer's rate
     is set at the start of each epoch (logged as ``lr``). ``train.plugins`` (pipeline/train/plugins.py) set
-    the hash temperature per epoch and shape how the step's loss terms are backpropagated."""
+    the hash temperature per epoch and shape how the step's loss terms are backpropagated. With several
+    workers each global batch of ``train.batch_size`` is shared among the ranks (pipeline/train/distributed.py).
+
+    With ``checkpoint`` (:mod:`pipeline.train.checkpoint`), a checkpoint found there is restored after
+    ``start()`` (its epochs are replayed to the observer, training goes on from the next one) and the
+    state is saved every ``checkpoint.every`` epochs."""
     observer = observer or TrialObserver()
     opts = method.configure_optimizers(optimizer_factory(spec.train.optimizer))
     bs = spec.train.batch_size
@@ -286,11 +288,32 @@ def fit(
     lr0 = spec.train.optimizer.lr
     base_lrs = {phase: [g["lr"] for g in opt.param_groups] for phase, opt in opts.items()}
     plugins = make_plugins(spec.train.plugins, method, spec, len(part), n_epochs)
+    if plugins is not None and plugins.shapes_loss and (world > 1 or spec.train.precision == "fp16"):
+        raise TrainingError(
+            f"{spec.key()}: train.plugins grad_balance / hard_pairs / term_grad backpropagate each loss term themselves, "
+            "which is implemented for one worker without a gradient scaler: set resources.num_workers: 1 and train.precision: fp32 or bf16"
+        )
     t0 = time.perf_counter()
     if start is not None:
         start()
     history: list[dict[str, float]] = []
-    for epoch in range(n_epochs):
+    first_epoch = 0
+    if checkpoint is not None:
+        state = checkpoint.load() if rank == 0 else None
+        if world > 1:  # rank 0's find, on every rank (so every rank draws the same permutations)
+            box = [state, checkpoint.replay]
+            torch.distributed.broadcast_object_list(box, src=0)
+            state, checkpoint.replay = box
+        if state is not None:
+            first_epoch, history = ckpt.restore(state, method, opts, rng)
+            for h in history if checkpoint.replay else []:
+                observer.on_epoch(int(h["epoch"]), {k: v for k, v in h.items() if k != "epoch"})
+    amp = Precision(spec.train.precision, torch.device(dev))
+    pin = {"pin_memory": True} if spec.train.pin_memory is True or (spec.train.pin_memory == "auto" and torch.device(dev).type == "cuda") else {}
+    if world > 1:  # one starting point on every rank (rank 0's initialisation and on_train_start state)
+        distributed.broadcast_parameters(method)
+        distributed.broadcast_buffers(method)
+    for epoch in range(first_epoch, n_epochs):
         te = time.perf_counter()
         sums: dict[str, float] = defaultdict(float)
         counts: dict[str, int] = defaultdict(int)
@@ -301,38 +324,71 @@ def fit(
             for phase_, opt_ in opts.items():
                 for g, base in zip(opt_.param_groups, base_lrs[phase_]):
                     g["lr"] = base * lr_now / lr0
+        n_batches: dict[str, int] = {}
         for phase in method.phases(epoch):
             if phase not in opts:
                 raise MethodError(f"method {spec.method!r} returned phase {phase!r} without an optimizer (has {sorted(opts)})")
             opt = opts[phase]
             method.train()
-            for positions in sampler.epoch(rng, world=world, rank=rank):
-                batch = part.batch(positions, device=dev)
-                losses = method.training_step(batch, phase)
-                total = losses["loss"]
-                if not torch.isfinite(total):
-                    raise TrainingError(
-                        f"{spec.key()}: non-finite loss in epoch {epoch}, phase {phase!r}: "
-                        + ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items() if k != "per_item")
-                    )
+            owned = []
+            n_batches[phase] = 0
+            params_ = [p for g in opt.param_groups for p in g["params"] if p.requires_grad]
+            for glob in sampler.epoch(rng):  # the global batches of the pass; each rank takes its share
+                local = distributed.shard(glob, rank, world)
+                n_batches[phase] += 1
                 opt.zero_grad(set_to_none=True)
-                if plugins is not None and plugins.shapes_loss:
-                    plugins.backward(losses, batch, [p for g in opt.param_groups for p in g["params"] if p.requires_grad], phase)
-                else:
-                    total.backward()
                 if world > 1:
-                    _average_gradients(method, world)
+                    owned.append(local)
+                    scale = method.distributed_loss_scale(len(local), len(glob)) if len(local) else 0.0
+                    finite = True
+                    if len(local):
+                        with amp.autocast():
+                            losses = method.training_step(part.batch(local, device=dev, **pin), phase)
+                        finite = bool(torch.isfinite(losses["loss"]))
+                        if finite:
+                            amp.backward(losses["loss"])
+                            for name, value in losses.items():
+                                if name != "per_item":
+                                    sums[f"loss/{phase}/{name}"] += float(value.detach()) * scale
+                    try:
+                        distributed.all_reduce_gradients([p for g in opt.param_groups for p in g["params"]], scale, finite)
+                    except TrainingError as exc:
+                        raise TrainingError(f"{spec.key()}: epoch {epoch}, phase {phase!r}: {exc}") from None
+                else:
+                    batch = part.batch(local, device=dev, **pin)
+                    with amp.autocast():
+                        losses = method.training_step(batch, phase)
+                    total = losses["loss"]
+                    if not torch.isfinite(total):
+                        raise TrainingError(
+                            f"{spec.key()}: non-finite loss in epoch {epoch}, phase {phase!r}: "
+                            + ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items() if k != "per_item")
+                        )
+                    if plugins is not None and plugins.shapes_loss:
+                        plugins.backward(losses, batch, params_, phase)
+                    else:
+                        amp.backward(total)
+                    for name, value in losses.items():
+                        if name == "per_item":
+                            continue
+                        key = f"loss/{phase}/{name}"
+                        sums[key] += float(value.detach())
+                        counts[key] += 1
                 if spec.train.grad_clip:
+                    amp.unscale(opt)
                     torch.nn.utils.clip_grad_norm_(method.parameters(), spec.train.grad_clip)
-                opt.step()
-                for name, value in losses.items():
-                    if name == "per_item":
-                        continue
-                    key = f"loss/{phase}/{name}"
-                    sums[key] += float(value.detach())
-                    counts[key] += 1
+                amp.step(opt)
+            if world > 1:
+                distributed.gather_item_rows(method, method.distributed_item_buffers(phase), np.concatenate(owned) if owned else np.zeros(0, np.int64))
+        if world > 1:  # the global batches' losses: sum over ranks of loss_r * n_r / n, per batch of the phase
+            comm = distributed.comm_device(method)
+            keys = distributed.all_keys(set(sums), comm)
+            sums = defaultdict(float, distributed.all_reduce_sums({k: sums.get(k, 0.0) for k in keys}, comm))
+            counts = defaultdict(int, {k: n_batches[k.split("/")[1]] for k in keys})
         with torch.no_grad():
             extra = method.on_epoch_end(epoch, train_data) or {}
+            if world > 1:  # the update ran on every rank from the same gathered state: rank 0's result wins
+                distributed.broadcast_buffers(method)
         metrics = {k: sums[k] / counts[k] for k in sums}
         metrics.update({f"epoch/{k}": float(v) for k, v in extra.items()})
         if schedule.name != "constant":
@@ -347,6 +403,8 @@ def fit(
             after_epoch(epoch, metrics)
         history.append({"epoch": epoch, **metrics})
         observer.on_epoch(epoch, metrics)
+        if checkpoint is not None and checkpoint.due(epoch + 1, n_epochs):
+            checkpoint.save(ckpt.capture(method, opts, rng, epoch + 1, history))
     return history, time.perf_counter() - t0
 
 

@@ -37,6 +37,29 @@ def tracking_uri(cfg: TrackingConfig, paths: ProjectPaths) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or cfg.mlflow_uri or f"sqlite:///{paths.mlflow_db}"
 
 
+def is_local_store(uri: str) -> bool:
+    """True for a store only this machine can reach: an sqlite database or a file store (a path)."""
+    scheme = uri.split(":", 1)[0].lower() if ":" in uri else ""
+    return scheme in ("", "file", "sqlite") or len(scheme) == 1  # a bare path (or a Windows drive letter)
+
+
+def server_command(paths: ProjectPaths, host: str = "127.0.0.1", port: int = 5000, backend_store_uri: str | None = None, artifacts: str | None = None) -> list[str]:
+    """The ``mlflow server`` command of ``hashbench tracking-server``: a SQL backend
+    (``.hashbench/mlflow-server.db`` by default) and artifact serving (``mlartifacts-server/``), so every
+    node of a cluster logs runs and artifacts over HTTP (``tracking.mlflow_uri: http://HOST:PORT``)."""
+    import sys
+
+    backend = backend_store_uri or f"sqlite:///{paths.root.resolve() / '.hashbench' / 'mlflow-server.db'}"
+    dest = artifacts or str(paths.root.resolve() / "mlartifacts-server")
+    return [
+        sys.executable, "-m", "mlflow", "server",
+        "--backend-store-uri", backend,
+        "--serve-artifacts", "--artifacts-destination", dest,
+        "--host", host, "--port", str(int(port)),
+        "--workers", "1",
+    ]  # fmt: skip
+
+
 def artifact_location(cfg: TrackingConfig, paths: ProjectPaths, experiment: str) -> str | None:
     """Artifact folder of a new experiment: inside the project for the embedded store."""
     if os.environ.get("MLFLOW_TRACKING_URI") or cfg.mlflow_uri:
