@@ -269,6 +269,7 @@ def fit(
     opts = method.configure_optimizers(optimizer_factory(spec.train.optimizer))
     bs = spec.train.batch_size
     n_epochs = spec.train.epochs if epochs is None else int(epochs)
+    train_data.extras["epochs"] = n_epochs  # e.g. a schedule over the run (ltdual's cosine_epochs: train)
     t0 = time.perf_counter()
     if start is not None:
         start()
