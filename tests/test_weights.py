@@ -298,3 +298,15 @@ def test_runs_are_tagged_with_their_weights_or_random_init(tmp_path, repo_params
     spec = trial_spec(tmp_path, repo_params, "csq", 16, 1, method_params={"backbone": "small_cnn"})
     out = run_trial(spec, root / "data" / "prepared" / "digits", device="cpu")
     assert out.tags["weights.weights"] == "random-init (small_cnn)" and out.tags["hashbench.init"].startswith("random-init")
+
+
+def test_a_methods_own_provenance_wins_over_the_loops_guess():
+    from pipeline.train.loop import merge_provenance
+
+    loop = {"weights.weights": "random-init (auto)", "hashbench.init": "random-init (auto)"}
+    own = {"weights.efficientnet_b3": "pretrained (file: /w/b3.pth)", "weights.swin_t": "random-init (no file; hub cache x absent)"}
+    out = merge_provenance(loop, own)
+    assert "weights.weights" not in out and out["hashbench.init"] == "random-init (swin_t)"
+    out = merge_provenance(loop, {"weights.efficientnet_b3": "pretrained (file: /w/b3.pth)", "weights.swin_t": "pretrained (file: /w/s.pth)"})
+    assert out["hashbench.init"] == "pretrained (efficientnet_b3, swin_t)"
+    assert merge_provenance(loop, {}) == loop

@@ -194,13 +194,30 @@ def run_trial(
         eval_seconds=eval_seconds,
         device=str(dev),
         n_parameters=n_params,
-        tags={**init_tags, **method.provenance_tags()},
+        tags=merge_provenance(init_tags, method.provenance_tags()),
     )
 
 
 def project_root(prepared_dir: Path) -> Path:
     """The project root of a prepared dataset folder ``<root>/data/prepared/<name>`` (where data/weights lives)."""
     return Path(prepared_dir).resolve().parent.parent.parent
+
+
+def merge_provenance(init_tags: dict[str, str], method_tags: dict[str, str]) -> dict[str, str]:
+    """The loop's initialisation tags with a method's own provenance (e.g. ltdual's per-stream ``weights.<stream>``),
+    which wins: the loop's guesses from backbone parameters are dropped and ``hashbench.init`` follows the method."""
+    if not method_tags:
+        return dict(init_tags)
+    out = {k: v for k, v in init_tags.items() if not (k.startswith("weights.") and v.startswith("random-init"))}
+    out.update(method_tags)
+    if "features.backbone" not in out:
+        streams = {k[len("weights."):]: v for k, v in method_tags.items() if k.startswith("weights.") and not v.startswith("none")}
+        random = [k for k, v in streams.items() if v.startswith("random-init")]
+        if random:
+            out["hashbench.init"] = "random-init (" + ", ".join(random) + ")"
+        elif streams:
+            out["hashbench.init"] = "pretrained (" + ", ".join(streams) + ")"
+    return out
 
 
 #: backbone parameter -> its weights parameter, in the methods' parameter models
