@@ -87,7 +87,7 @@ def main() -> None:
 
         weights = resolve_weights(DEFAULT_WEIGHTS[args.backbone], args.root)
         block = extract_features(src, tmp / "data" / "prepared" / f"bench+{args.backbone}", args.backbone, weights.entry.name,
-                                 weights_dir=Path(args.root).resolve() / "data" / "weights", batch_size=args.batch_size,
+                                 root=args.root, batch_size=args.batch_size,
                                  input_size=args.input_size, progress=False)
         ours_feat = n / block["seconds"]
         trunk, _ = build_extractor(args.backbone, str(weights.path), 3, args.input_size)

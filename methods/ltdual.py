@@ -36,7 +36,9 @@ Defaults and sources:
 * ``lambda1 = 0.1``, ``lambda2 = 0.1``, ``tau = 0.2``, ``sigma = 0.5``, ``m = 1``: DHD (paper 004 gives none).
 * Adam, lr 1e-3, cosine annealing over 50 epochs, batch 32: paper 004 Sec. 3.2 (the optimizer and lr are
   ``train.optimizer`` settings; the cosine schedule is applied here per epoch over ``cosine_epochs``,
-  since the shared loop has no scheduler: set it to the suite's epoch count).
+  by default ``train`` = the trial's own number of epochs, which the loop passes in
+  ``TrainData.extras["epochs"]``; so the factor ``0.5 (1 + cos(pi e / T))`` of epoch ``e`` never reaches 0
+  before the run ends, whatever the suite's epochs).
 * proxies: Xavier-uniform init with tanh gain (DHD).
 
 Deviations / reconstructions (stated, not hidden):
@@ -92,7 +94,10 @@ class LTDualParams(MethodParams):
     strong_scale: float = Field(1.0, ge=0, le=1, description="occurrence-probability scale of the student's (strong) augmentation (DHD)")
     hflip: bool = Field(True, description="random horizontal flips in the augmentation (off for digits)")
     crop_scale: float = Field(0.5, gt=0, le=1, description="smallest area fraction of the random resized crop")
-    cosine_epochs: int | None = Field(50, ge=1, description="cosine-annealing period in epochs (paper 004: 50 epochs); None = constant lr")
+    cosine_epochs: int | Literal["train"] | None = Field(
+        "train", description="cosine-annealing period in epochs: 'train' = the trial's number of epochs (paper 004: cosine annealing "
+        "over its 50-epoch run), an integer (clamped at the end), or None = constant lr"
+    )
     seed: int | None = Field(None, description="seed of the augmentation RNG; None = drawn from the (trial-seeded) global torch RNG")
 
 
@@ -157,6 +162,7 @@ class LTDual(HashMethod):
         seed = p.seed if p.seed is not None else int(torch.randint(0, 2**62, (1,)).item())
         self._aug_gen = torch.Generator().manual_seed(seed)
         self._optimizers: list[torch.optim.Optimizer] = []
+        self._cosine_period: int | None = None
         for k, v in status.items():
             log.info("ltdual: %s weights: %s", k, v)
 
@@ -197,12 +203,23 @@ class LTDual(HashMethod):
             raise MethodError(f"ltdual: dataset {self.info.dataset!r} has {data.labels.shape[1]} label columns but {self.proxies.shape[0]} proxies")
         if not self.pretrained and self.backbone_name != "features":
             log.warning("ltdual: training WITHOUT ImageNet weights: %s", self.weights_status)
+        self._cosine_period = self.cosine_period(data)
+
+    def cosine_period(self, data: TrainData | None) -> int | None:
+        """The cosine period in epochs: ``cosine_epochs``, or the trial's epochs (``TrainData.extras``) for ``train``."""
+        t = self.params.cosine_epochs
+        if t == "train":
+            epochs = (data.extras.get("epochs") if data is not None else None) or getattr(self, "_cosine_period", None)
+            if not epochs:
+                raise MethodError("ltdual: cosine_epochs 'train' needs the trial's epochs (TrainData.extras['epochs'], set by the loop)")
+            return int(epochs)
+        return t
 
     def on_epoch_end(self, epoch: int, data: TrainData) -> dict[str, float]:
         out = {"pretrained": float(self.pretrained)}
         if isinstance(self.trunk, DualStream):
             out.update(alpha=float(self.trunk.alpha.detach()), beta=float(self.trunk.beta.detach()))
-        t = self.params.cosine_epochs
+        t = self._cosine_period if self.params.cosine_epochs == "train" else self.params.cosine_epochs
         if t:
             factor = 0.5 * (1.0 + math.cos(math.pi * min(epoch + 1, t) / t))
             for opt in self._optimizers:

@@ -366,7 +366,7 @@ def cmd_features(args) -> int:
         out,
         args.backbone,
         args.weights,
-        weights_dir=None if args.weights_dir is None else Path(args.weights_dir),
+        root=paths.root,
         modality=args.modality,
         batch_size=args.batch_size,
         input_size=args.input_size,
@@ -477,7 +477,6 @@ def build_parser() -> argparse.ArgumentParser:
     fe.add_argument("dataset")
     fe.add_argument("--backbone", required=True, help="e.g. efficientnet_lite0, resnet50, cnnf")
     fe.add_argument("--weights", help="weights entry (default: the backbone's ImageNet entry)")
-    fe.add_argument("--weights-dir", help="folder of fetched weights (default: data/weights)")
     fe.add_argument("--modality", default="image")
     fe.add_argument("--batch-size", type=int, default=64)
     fe.add_argument("--input-size", type=int, help="network input side (default: the weights' training size)")

@@ -138,7 +138,7 @@ def _one_step(name: str, hyper: dict, info: DataInfo, seed: int):
         for s in range(0, N_TRAIN, BATCH):
             yield batch_of(torch.arange(s, min(N_TRAIN, s + BATCH)))
 
-    data = TrainData(labels=labels, info=info, batches=batches)
+    data = TrainData(labels=labels, info=info, batches=batches, extras={"epochs": 1})  # as the loop sets it (one epoch here)
     method.on_train_start(data)
     losses: dict[str, dict[str, torch.Tensor]] = {}
     phases = method.phases(0)

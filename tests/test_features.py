@@ -232,3 +232,15 @@ def test_dvc_feature_stages_cover_every_feature_suite(repo_params):
         assert key == FE.feature_dataset_name(item["dataset"], item["backbone"])
         assert W.get_weights(item["weights"]).architecture == item["backbone"]
         assert item["weights"] in dvc["stages"]["fetch-weights"]["foreach"]
+
+
+def test_the_features_command(tiny, tmp_path, capsys):
+    from pipeline.cli import main
+
+    src, _ = tiny
+    rc = main(["--root", str(tmp_path), "features", "toy", "--backbone", "small_cnn", "--weights", "tiny_cnn", "--device", "cpu", "--batch-size", "16"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "toy+small_cnn: 45 x 128 float16 features (extracted)" in out and "tiny_cnn" in out
+    PreparedDataset(tmp_path / "data" / "prepared" / "toy+small_cnn").verify()
+    assert main(["--root", str(tmp_path), "features", "toy", "--backbone", "resnet18"]) == 2  # no weights entry fetched: a clear error

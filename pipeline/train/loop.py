@@ -193,13 +193,30 @@ def run_trial(
         eval_seconds=eval_seconds,
         device=str(dev),
         n_parameters=n_params,
-        tags={**init_tags, **method.provenance_tags()},
+        tags=merge_provenance(init_tags, method.provenance_tags()),
     )
 
 
 def project_root(prepared_dir: Path) -> Path:
     """The project root of a prepared dataset folder ``<root>/data/prepared/<name>`` (where data/weights lives)."""
     return Path(prepared_dir).resolve().parent.parent.parent
+
+
+def merge_provenance(init_tags: dict[str, str], method_tags: dict[str, str]) -> dict[str, str]:
+    """The loop's initialisation tags with a method's own provenance (e.g. ltdual's per-stream ``weights.<stream>``),
+    which wins: the loop's guesses from backbone parameters are dropped and ``hashbench.init`` follows the method."""
+    if not any(k.startswith("weights.") for k in method_tags):  # e.g. only the base's layer_init tag
+        return {**init_tags, **method_tags}
+    out = {k: v for k, v in init_tags.items() if not (k.startswith("weights.") and v.startswith("random-init"))}
+    out.update(method_tags)
+    if "features.backbone" not in out:
+        streams = {k[len("weights."):]: v for k, v in method_tags.items() if k.startswith("weights.") and not v.startswith("none")}
+        random = [k for k, v in streams.items() if v.startswith("random-init")]
+        if random:
+            out["hashbench.init"] = "random-init (" + ", ".join(random) + ")"
+        elif streams:
+            out["hashbench.init"] = "pretrained (" + ", ".join(streams) + ")"
+    return out
 
 
 #: backbone parameter -> its weights parameter, in the methods' parameter models
@@ -293,6 +310,7 @@ def fit(
             f"{spec.key()}: train.plugins grad_balance / hard_pairs / term_grad backpropagate each loss term themselves, "
             "which is implemented for one worker without a gradient scaler: set resources.num_workers: 1 and train.precision: fp32 or bf16"
         )
+    train_data.extras["epochs"] = n_epochs  # e.g. a schedule over the run (ltdual's cosine_epochs: train)
     t0 = time.perf_counter()
     if start is not None:
         start()
