@@ -65,7 +65,7 @@ N(0, 0.01) init the image net's 4096 ReLU units have a mean activation of about 
 0.6: above the box filter's limit, far below the exponential filter's (and below 2, the limit of a lag-free
 estimate). The permutation made the balance loss grow 0.13 -> 1.9 -> 36 -> 109 over epochs 0, 5, 10, 15
 with 95% of B flipping per epoch, until the decaying rate brought ``k`` under the limit; random batches
-kept it under 0.1 from the first epoch, B settled (0.1% flips) by epoch 10; ``drift`` and ``batch`` (no lag)
+kept it under 0.1 from the first epoch, B settled (under 1% flips) by epoch 10; ``drift`` and ``batch`` (no lag)
 were stable under either sampler. With PyTorch's default init (larger activations, larger ``k``): random
 batches with ``stale`` trained (i2t / t2i 0.209 / 0.201), the permutation with ``stale`` 0.194 / 0.172, and
 the lag-free ``batch`` estimate diverged in the first epoch: at high gain only the filtering lag of the

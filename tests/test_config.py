@@ -178,7 +178,7 @@ def test_unknown_suite_method_lists_variants(tmp_path, repo_params):
     p = _with_variant(repo_params)
     p["suites"]["demo-digits"]["methods"] = ["crh", "crh-v"]
     msg = _bad(tmp_path, p, lambda p: None)
-    assert "suites.demo-digits.methods[1]" in msg and "crh-u" in msg.split("variants: ", 1)[1]
+    assert "suites.demo-digits.methods[1]" in msg and "variants: " in msg and "crh-u" in msg.split("variants: ")[1]
 
 
 def test_hashbench_list_shows_variants_with_their_changes(capsys):

@@ -51,6 +51,9 @@ def test_balance_coefficients_on_two_terms_with_known_gradient_norms():
     # norms 1 and 1000: mean 500.5 -> 500.5 (clipped to 10) and 0.5005; renormalised to sum 2
     w = balance_weights({"a": 1.0, "b": 1000.0}, max_weight=10.0)
     assert w == pytest.approx({"a": 2 * 10 / 10.5005, "b": 2 * 0.5005 / 10.5005})
+    # the late boost applies after the clip: a term at max_weight still gains (10 * 2 = 20 against 0.5005)
+    w = balance_weights({"a": 1.0, "b": 1000.0}, late={"a": 2.0}, max_weight=10.0)
+    assert w["a"] / w["b"] == pytest.approx(20 / 0.5005)
 
 
 def test_ema_and_hard_pair_weights_hand_computed():

@@ -88,8 +88,8 @@ class GradBalanceConfig(_Strict):
     smoothed (EMA ``momentum``); term k gets weight ``mean_j(n_j) / n_k`` so every term contributes the same
     gradient norm (GradNorm, Chen et al. ICML 2018, with its target ratio alpha = 0 and closed-form weights
     instead of learned ones). From epoch ``late_start * epochs`` on, ``late_terms`` (those nearest the
-    retrieval metric, e.g. ``likelihood``) get ``late_boost`` times their weight; weights are renormalised to
-    sum to the number of terms."""
+    retrieval metric, e.g. ``likelihood``) get ``late_boost`` times their (clipped) weight; weights are
+    renormalised to sum to the number of terms."""
 
     terms: list[str] = Field([], description="terms to balance (empty: every named term of the method)")
     momentum: float = Field(0.9, ge=0, lt=1)

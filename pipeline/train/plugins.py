@@ -45,15 +45,15 @@ def temperature_at(start: float, end: float, epoch: int, epochs: int, schedule: 
 
 
 def balance_weights(norms: dict[str, float], late: dict[str, float] | None = None, max_weight: float = 10.0) -> dict[str, float]:
-    """Inverse-norm equalisation: ``w_k = mean_j(n_j) / n_k`` (terms with a zero norm keep 1), times ``late[k]``,
-    clipped to ``[1/max_weight, max_weight]`` and renormalised to sum to the number of terms."""
+    """Inverse-norm equalisation: ``w_k = mean_j(n_j) / n_k`` (terms with a zero norm keep 1), clipped to
+    ``[1/max_weight, max_weight]``, times ``late[k]``, renormalised to sum to the number of terms."""
     live = {k: v for k, v in norms.items() if v > 0}
     mean = sum(live.values()) / len(live) if live else 0.0
     w = {k: (mean / v if v > 0 else 1.0) for k, v in norms.items()}
-    for k, boost in (late or {}).items():
+    w = {k: min(max(v, 1.0 / max_weight), max_weight) for k, v in w.items()}
+    for k, boost in (late or {}).items():  # after the clip, so a term already at max_weight is still boosted
         if k in w:
             w[k] *= boost
-    w = {k: min(max(v, 1.0 / max_weight), max_weight) for k, v in w.items()}
     total = sum(w.values())
     return {k: v * len(w) / total for k, v in w.items()} if total > 0 else w
 
