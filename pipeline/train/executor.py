@@ -34,6 +34,7 @@ from typing import Any, Callable, Mapping, Protocol
 
 from pipeline.config import TrialSpec
 from pipeline.core.errors import HashBenchError
+from pipeline.data.staging import pid_alive
 from pipeline.train import tracking
 from pipeline.train.loop import TrialObserver, Validation
 
@@ -181,16 +182,6 @@ def headline(metrics: Mapping[str, float]) -> str:
 # -- runs left behind by dead processes --------------------------------------------------------------
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def reap_dead_runs(uri: str, experiment_id: str, *, max_age_hours: float = 72.0, wait_s: float = 0.0) -> list[str]:
     """Mark KILLED (``hashbench.status=lost``) every RUNNING trial run of the experiment whose owner
     process is gone: on this host, its pid is not alive; on another host, it has not logged for
@@ -221,7 +212,7 @@ def _reap_once(uri: str, experiment_id: str, max_age_hours: float) -> list[str]:
             continue
         pid, owner = tags.get(TAG_PID), tags.get(TAG_HOST)
         if owner == host and pid and pid.isdigit():
-            dead = not _alive(int(pid)) or int(pid) == os.getpid()
+            dead = not pid_alive(int(pid)) or int(pid) == os.getpid()
         else:
             dead = (now_ms - (run.info.start_time or now_ms)) > max_age_hours * 3600_000
         if dead:
