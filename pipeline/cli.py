@@ -489,6 +489,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if not args.verbose:  # MLflow's per-artifact download bars (one per trial in evaluate/report)
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     if not args.verbose:  # libraries' start-up chatter (faiss's loader, MLflow's schema checks, Ray)
         for name in ("faiss", "faiss.loader", "mlflow", "alembic", "ray"):
             logging.getLogger(name).setLevel(logging.WARNING)
