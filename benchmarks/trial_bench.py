@@ -4,7 +4,7 @@ For one CSQ-on-digits trial and one DCMH-on-wikipedia trial (params.yaml's metho
 given epochs), in one process:
 
 * **bare**: a loop written here — the same model (the registered method, built the same way), the
-  same batches (one seeded permutation per epoch, the training split's items), the same optimizer
+  same batches (the recipe's sampler, seeded alike), the same optimizer and learning-rate schedule
   and epochs, each phase stepping on the method's ``training_step``, ``on_epoch_end`` after each
   epoch — then encoding query and database and a plain mAP@all (stable argsort, as classic code);
 * **bench**: ``run_bench`` of a one-trial suite (Ray Tune grid, the trial in its Tune trial process,
@@ -43,6 +43,7 @@ from pipeline.protocols import launch  # noqa: E402
 from pipeline.protocols.standard import run_bench  # noqa: E402
 from pipeline.train import tracking  # noqa: E402
 from pipeline.train.loop import optimizer_factory, seed_everything  # noqa: E402
+from pipeline.train.samplers import make_sampler  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TRIALS = {"csq": ("digits", 32), "dcmh": ("wikipedia", 16)}
@@ -68,13 +69,17 @@ def bare_trial(spec, prepared: Path) -> float:
 
     td = TrainData(labels=torch.from_numpy(train.labels), info=info, batches=lambda: train.batches(bs))
     model.on_train_start(td)
-    for epoch in range(spec.train.epochs):
+    sampler = make_sampler(spec.train.sampler, len(train), bs, labels=train.labels)
+    lr0, n_ep = spec.train.optimizer.lr, spec.train.epochs
+    for epoch in range(n_ep):
+        for opt in opts.values():  # the recipe's learning-rate schedule (DCMH: linear 10^-1.5 -> 10^-6)
+            for g in opt.param_groups:
+                g["lr"] = spec.train.lr_schedule.lr_at(lr0, epoch, n_ep)
         for phase in model.phases(epoch):
             opt = opts[phase]
-            order = rng.permutation(len(train))
             model.train()
-            for i in range(0, len(order), bs):
-                loss = model.training_step(train.batch(order[i : i + bs]), phase)["loss"]
+            for positions in sampler.epoch(rng):  # the same batches as the loop (the recipe's sampler)
+                loss = model.training_step(train.batch(positions), phase)["loss"]
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
