@@ -60,6 +60,10 @@ def cmd_prepare(args) -> int:
     params, paths = _params(args), _paths(args)
     for name in _dataset_names(args, params):
         spec = get_dataset(name)
+        if args.handcrafted:  # only the hand-crafted feature dataset <name>+<feature>, beside the prepared <name>
+            out = spec.prepare_handcrafted(params.dataset_params(name), paths.raw(name), paths.prepared(name), args.handcrafted)
+            print(f"{out.name}: {PreparedDataset(out).manifest['n_items']} items")
+            continue
         log.info("prepare %s -> %s", name, paths.prepared(name))
         spec.prepare(params.dataset_params(name), paths.raw(name), paths.prepared(name))
         ds = PreparedDataset(paths.prepared(name))
@@ -411,6 +415,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("prepare", help="turn raw files into the prepared format with the protocol splits")
     pr.add_argument("datasets", nargs="*")
     pr.add_argument("--all", action="store_true", help="every dataset configured in params")
+    pr.add_argument("--handcrafted", metavar="FEATURE",
+                    help="only write <dataset>+FEATURE (hand-crafted image features, e.g. nuswide's sift-bow500) beside the prepared dataset")
     pr.set_defaults(func=cmd_prepare)
 
     b = sub.add_parser("bench", help="run suites (methods x bits x seeds) on Ray Tune, logging to MLflow; resumes")

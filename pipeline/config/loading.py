@@ -165,10 +165,12 @@ def _check_feature_suite(params: Params, sname: str, suite, base: str, backbone:
     from pipeline.data.weights import DEFAULT_WEIGHTS
 
     where = f"{params.source}: suites.{sname}"
-    if backbone not in DEFAULT_WEIGHTS:
+    handcrafted = get_dataset(base).handcrafted  # <dataset>+<hand-crafted descriptor> (pipeline/data/handcrafted.py)
+    if backbone not in DEFAULT_WEIGHTS and backbone not in handcrafted:
         raise ConfigError(
             f"{where}.dataset: {suite.dataset!r} names backbone {backbone!r}, which has no weights entry; "
             f"feature backbones: {', '.join(sorted(DEFAULT_WEIGHTS))}"
+            + (f"; hand-crafted features of {base!r}: {', '.join(handcrafted)}" if handcrafted else "")
         )
     for i, m in enumerate(suite.methods):
         cls = get_method_class(params.implementation(m))

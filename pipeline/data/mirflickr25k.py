@@ -27,6 +27,19 @@ Vocabulary order: decreasing count, then alphabetical (the published tag lists u
 Item order: increasing image number. Images: ``image_size`` (default 224), see
 :mod:`pipeline.data.images`.
 
+Hand-crafted image features (optional, for the classic baselines; :mod:`pipeline.data.handcrafted`).
+MFPMC gives its shallow baselines "a 512-d SIFT feature vector" per image (Sec. 3.1, line 217), as DCMH
+does for its; neither paper says where that matrix comes from, the DCMH authors' data release
+(``FAll``/``IAll``/``LAll``/``YAll`` .mat files: image names, 224-px pixels, labels, tags) holds none, and the
+official MIRFLICKR-25000 page offers images, tags, EXIF and annotations but no descriptors. So the
+descriptor is placed by hand: ``features/sift512.txt``, 25,000 lines of 512 whitespace-separated numbers,
+line i = image ``im<i>.jpg`` (the official numbering; the DCMH item order is increasing image number, so
+a 20,015-row matrix in DCMH order is the same rows with the removed images left out: expand it, or
+place the 25,000-row one). Fetch records its sha256 (trust on first use); ``prepare`` then also writes
+``mirflickr25k+sift512`` (the items, labels, tags and splits of ``mirflickr25k``; image = those rows).
+The nearest *official* descriptors are the MPEG-7 ones of the MIRFLICKR-1M release and the deep
+features of MIRFLICKR-1M-s16a, neither of which is 512-d SIFT; no features are bundled here.
+
 Protocols (``split_seed`` draws them; ``query``/``train`` sizes are parameters):
 
 * ``dcmh`` (default): 2,000 random queries, the other 18,015 pairs are the database, 10,000 training
@@ -49,7 +62,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.data.archives import check_extracted
 from pipeline.data.download import RemoteFile, fetch_archive, read_verified_record, record_fetch
+from pipeline.data.download import verify_file
 from pipeline.data.formats import ModalityData, write_prepared
+from pipeline.data.handcrafted import HandcraftedFeature, fetched_feature, read_matrix, write_handcrafted
 from pipeline.data.images import ImageDatasetParams, pixel_memmap
 from pipeline.data.longtail import derive_seed
 from pipeline.data.registry import DatasetSpec, register_dataset
@@ -69,6 +84,12 @@ LABELS = (
     "night", "people", "plant_life", "portrait", "river", "sea", "sky", "structures", "sunset", "transport", "tree", "water",
 )
 FULL_IMAGES, FULL_ITEMS, FULL_VOCAB = 25000, 20015, 1386
+HANDCRAFTED = {
+    "sift512": HandcraftedFeature(
+        "sift512", "features/sift512.txt", 512,
+        "512-d SIFT descriptor per image (the shallow baselines' input in DCMH and MFPMC), placed by hand, one line per image im1..im25000",
+    ),
+}
 _TAGFILE = re.compile(r"^tags(\d+)\.txt$")
 
 
@@ -150,6 +171,7 @@ class Mirflickr25k(DatasetSpec):
     default_protocol = "dcmh"
     multi_label = True
     Params = MirflickrParams
+    handcrafted = HANDCRAFTED
     citation = "Huiskes & Lew, The MIR Flickr Retrieval Evaluation, ACM MIR 2008; protocol: Jiang & Li, Deep Cross-Modal Hashing, CVPR 2017"
 
     def fetch(self, params: MirflickrParams, raw_dir: Path) -> None:
@@ -161,17 +183,33 @@ class Mirflickr25k(DatasetSpec):
         if not (raw_dir / "mirflickr" / "meta" / "tags").is_dir():
             raise DataError(f"{raw_dir / IMAGES.name}: has no mirflickr/meta/tags/ folder; not the official archive")
         _find_annotation_dir(ann)
+        for feature in HANDCRAFTED.values():
+            if (raw_dir / feature.path).is_file():
+                files[feature.path] = verify_file(raw_dir / feature.path, RemoteFile(feature.path, None, description=feature.description), self.name)
         record_fetch(raw_dir, self.name, files, source=(params.mirror or BASE_URL))
+
+    @staticmethod
+    def _items(params: MirflickrParams, raw_dir: Path, record: dict):
+        """(image folder, number of images, all labels, kept image indices, vocabulary, bag-of-words of the kept)."""
+        img_dir = check_extracted(raw_dir, "mirflickr", record)
+        ann_dir = check_extracted(raw_dir, "mirflickr25k_annotations_v080", record)
+        tags = read_tag_files(img_dir / "meta" / "tags")
+        labels_all = read_annotations(_find_annotation_dir(ann_dir), len(tags))
+        return (img_dir, len(tags), labels_all, *clean_pairs(tags, labels_all, params.min_tag_count))
+
+    def prepare_handcrafted(self, params: MirflickrParams, raw_dir: Path, out_dir: Path, name: str, *, kept: np.ndarray | None = None,
+                            n_images: int | None = None) -> Path:
+        """Write ``mirflickr25k+<name>`` beside the prepared ``out_dir`` from the placed descriptor file."""
+        raw_dir = Path(raw_dir)
+        feature, sha = fetched_feature(self.name, HANDCRAFTED, raw_dir, name)
+        if kept is None:
+            _, n_images, _, kept, _, _ = self._items(params, raw_dir, read_verified_record(raw_dir, self.name))
+        return write_handcrafted(out_dir, feature, read_matrix(raw_dir / feature.path, n_images, feature.dim)[kept], sha)
 
     def prepare(self, params: MirflickrParams, raw_dir: Path, out_dir: Path) -> None:
         raw_dir = Path(raw_dir)
         record = read_verified_record(raw_dir, self.name)
-        img_dir = check_extracted(raw_dir, "mirflickr", record)
-        ann_dir = check_extracted(raw_dir, "mirflickr25k_annotations_v080", record)
-        tags = read_tag_files(img_dir / "meta" / "tags")
-        n_images = len(tags)
-        labels_all = read_annotations(_find_annotation_dir(ann_dir), n_images)
-        kept, vocab, bow = clean_pairs(tags, labels_all, params.min_tag_count)
+        img_dir, n_images, labels_all, kept, vocab, bow = self._items(params, raw_dir, record)
         n = len(kept)
         log.info("mirflickr25k: %d images, %d tags kept (>= %d images), %d pairs kept", n_images, len(vocab), params.min_tag_count, n)
         if n_images == FULL_IMAGES and params.min_tag_count == 20 and (n, len(vocab)) != (FULL_ITEMS, FULL_VOCAB):
@@ -198,3 +236,6 @@ class Mirflickr25k(DatasetSpec):
                 params={**params.model_dump(mode="json"), "text_vocabulary": vocab},
                 protocol_notes=notes,
             )
+        for name, feature in HANDCRAFTED.items():
+            if feature.path in record["files"]:
+                self.prepare_handcrafted(params, raw_dir, out_dir, name, kept=kept, n_images=n_images)

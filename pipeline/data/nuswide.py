@@ -14,6 +14,18 @@ distributed on request (or re-crawled from the Flickr URLs), so everything is pl
 * ``NUS_WID_Tags/AllTags1k.txt``: one line per image, 1,000 whitespace-separated 0/1 values (the 1,000
   most frequent tags); ``NUS_WID_Tags/TagList1k.txt`` (optional): the 1,000 tag names.
 
+Optional, for the classic baselines (hand-crafted features, :mod:`pipeline.data.handcrafted`): the
+official 500-d bag of visual words on SIFT descriptors of the NUS-WIDE "Low-Level Features" release
+(``NUS_WID_Low_Level_Features.rar`` on the same page), unpacked:
+
+* ``Low_Level_Features/BoW_int.dat``: 269,648 lines of 500 whitespace-separated integer counts, one line
+  per image of the image list (the layout the hashing papers' loaders read: ``load('BoW_int.dat')``;
+  the release's other files, ``Normalized_CH.dat`` ... ``Normalized_WT.dat``, are colour/texture
+  descriptors and are not used). When it is present, ``prepare`` also writes ``nuswide+sift-bow500``
+  (the items, labels, tags and splits of ``nuswide``; image = the 500-d counts as float32), the input
+  MFPMC states for its shallow baselines (Sec. 3.1: "each image is represented by a 500-d bag of visual
+  words"). Uncertain: the release is a RAR archive, so it is placed unpacked by hand like the rest.
+
 No checksums are published: ``fetch`` records the sha256 of the metadata files in the lock at first use
 and checks every listed image is present (images are not hashed: 269,648 files).
 (Uncertain: the exact file names of the tag list inside ``NUS_WID_Tags``; only ``AllTags1k.txt`` is
@@ -48,6 +60,7 @@ from pydantic import Field, model_validator
 
 from pipeline.data.download import ChecksumLock, RemoteFile, manual_placement_error, read_verified_record, record_fetch, verify_file
 from pipeline.data.formats import ModalityData, write_prepared
+from pipeline.data.handcrafted import HandcraftedFeature, fetched_feature, read_matrix, write_handcrafted
 from pipeline.data.images import ImageDatasetParams, pixel_memmap
 from pipeline.data.longtail import derive_seed, per_class_sample
 from pipeline.data.mirflickr25k import SplitSizes
@@ -64,6 +77,13 @@ TAGS = "NUS_WID_Tags/AllTags1k.txt"
 TAG_NAMES = "NUS_WID_Tags/TagList1k.txt"
 IMAGE_DIR = "Flickr"
 N_CONCEPTS = 81
+N_WORDS = 500
+HANDCRAFTED = {
+    "sift-bow500": HandcraftedFeature(
+        "sift-bow500", "Low_Level_Features/BoW_int.dat", N_WORDS,
+        "NUS-WIDE Low-Level Features: 500-d bag of visual words on SIFT descriptors (BoW_int.dat), counts",
+    ),
+}
 _LABEL_FILE = re.compile(r"^Labels_(.+)\.txt$")
 
 EXPECTED = [
@@ -71,6 +91,7 @@ EXPECTED = [
     RemoteFile(f"{LABEL_DIR}/Labels_<concept>.txt", None, description="81 concept files (one 0/1 per image), from Groundtruth.zip"),
     RemoteFile(TAGS, None, description="1,000-d binary tag vectors, one line per image, from NUS_WID_Tags.zip"),
     RemoteFile(f"{IMAGE_DIR}/<folder>/<nnnn_photoid>.jpg", None, description="the images (distributed on request by NUS; folder 'Flickr' of the image archive)"),
+    RemoteFile(HANDCRAFTED["sift-bow500"].path, None, description="optional: 500-d SIFT bag of visual words, one line per image (NUS_WID_Low_Level_Features.rar, unpacked)"),
 ]
 
 
@@ -145,6 +166,7 @@ class Nuswide(DatasetSpec):
     default_protocol = "dcmh"
     multi_label = True
     Params = NuswideParams
+    handcrafted = HANDCRAFTED
     citation = "Chua et al., NUS-WIDE, CIVR 2009; protocols: Jiang & Li, DCMH, CVPR 2017; Li et al., DPSH, IJCAI 2016"
 
     def _manual(self, raw_dir: Path, problem: str) -> DataError:
@@ -170,6 +192,7 @@ class Nuswide(DatasetSpec):
         metadata = [IMAGE_LIST, TAGS] + [f"{LABEL_DIR}/{p.name}" for _, p in concepts]
         if (raw_dir / TAG_NAMES).is_file():
             metadata.append(TAG_NAMES)
+        metadata += [f.path for f in HANDCRAFTED.values() if (raw_dir / f.path).is_file()]
         lock = ChecksumLock()
         new = [rel for rel in metadata if not lock.get(self.name, rel)]
         for rel in metadata:
@@ -187,9 +210,9 @@ class Nuswide(DatasetSpec):
             log.warning("%s; they will be dropped (allow_missing_images)", msg)
         record_fetch(raw_dir, self.name, files, source=f"manual placement ({PAGE}); {len(paths) - len(missing)} images present")
 
-    def prepare(self, params: NuswideParams, raw_dir: Path, out_dir: Path) -> None:
-        raw_dir = Path(raw_dir)
-        record = read_verified_record(raw_dir, self.name)
+    @staticmethod
+    def _items(params: NuswideParams, raw_dir: Path) -> tuple[list[str], list[str], np.ndarray, np.ndarray]:
+        """(image paths, concept names, kept rows of the image list, their labels)."""
         paths = image_paths(raw_dir / IMAGE_LIST)
         n_all = len(paths)
         concepts = concept_files(raw_dir)
@@ -205,8 +228,23 @@ class Nuswide(DatasetSpec):
                 raise DataError(f"{raw_dir / IMAGE_DIR}: {int((~present[has_label]).sum())} images are missing; fetch again or set allow_missing_images")
             log.warning("nuswide: dropping %d items without an image file", int((~present[has_label]).sum()))
         kept = np.flatnonzero(has_label & present)
+        return paths, names, kept, all_labels[kept][:, top]
+
+    def prepare_handcrafted(self, params: NuswideParams, raw_dir: Path, out_dir: Path, name: str, *, kept: np.ndarray | None = None) -> Path:
+        """Write ``nuswide+<name>`` beside the prepared ``out_dir`` from the raw descriptor file (see the module docstring)."""
+        raw_dir = Path(raw_dir)
+        feature, sha = fetched_feature(self.name, HANDCRAFTED, raw_dir, name)
+        if kept is None:
+            kept = self._items(params, raw_dir)[2]
+        n_all = len(image_paths(raw_dir / IMAGE_LIST))
+        return write_handcrafted(out_dir, feature, read_matrix(raw_dir / feature.path, n_all, feature.dim)[kept], sha)
+
+    def prepare(self, params: NuswideParams, raw_dir: Path, out_dir: Path) -> None:
+        raw_dir = Path(raw_dir)
+        record = read_verified_record(raw_dir, self.name)
+        paths, names, kept, labels = self._items(params, raw_dir)
+        n_all = len(paths)
         n = len(kept)
-        labels = all_labels[kept][:, top]
         tags_all = read_binary_matrix(raw_dir / TAGS, n_all, 1000)
         text = sp.csr_matrix(tags_all[kept], dtype=np.float32)
         del tags_all
@@ -240,6 +278,9 @@ class Nuswide(DatasetSpec):
                 params={**params.model_dump(mode="json"), "text_vocabulary": tag_names if tag_names and len(tag_names) == 1000 else None},
                 protocol_notes=notes,
             )
+        for name, feature in HANDCRAFTED.items():
+            if feature.path in record["files"]:
+                self.prepare_handcrafted(params, raw_dir, out_dir, name, kept=kept)
 
     @staticmethod
     def _check(n: int, s: SplitSizes, proto: str) -> None:

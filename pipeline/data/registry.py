@@ -47,12 +47,19 @@ class DatasetSpec:
     multi_label: ClassVar[bool] = False
     Params: ClassVar[type[DatasetParams]] = DatasetParams
     citation: ClassVar[str] = ""
+    #: hand-crafted image descriptors (name -> pipeline.data.handcrafted.HandcraftedFeature); ``prepare``
+    #: writes ``<name>+<feature>`` for each one whose raw file was fetched
+    handcrafted: ClassVar[dict] = {}
 
     def fetch(self, params: DatasetParams, raw_dir: Path) -> None:
         raise NotImplementedError
 
     def prepare(self, params: DatasetParams, raw_dir: Path, out_dir: Path) -> None:
         raise NotImplementedError
+
+    def prepare_handcrafted(self, params: DatasetParams, raw_dir: Path, out_dir: Path, name: str) -> Path:
+        """Write the hand-crafted feature dataset ``<name>+<feature>`` beside the prepared ``out_dir``."""
+        raise DataError(f"{self.name}: no hand-crafted image features (datasets that have them: see `hashbench list`)")
 
 
 def register_dataset(cls: type[DatasetSpec]) -> type[DatasetSpec]:
