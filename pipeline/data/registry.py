@@ -59,7 +59,8 @@ class DatasetSpec:
 
     def prepare_handcrafted(self, params: DatasetParams, raw_dir: Path, out_dir: Path, name: str) -> Path:
         """Write the hand-crafted feature dataset ``<name>+<feature>`` beside the prepared ``out_dir``."""
-        raise DataError(f"{self.name}: no hand-crafted image features (datasets that have them: see `hashbench list`)")
+        have = sorted(f"{n}+{f}" for n, c in _REGISTRY.items() for f in c.handcrafted)
+        raise DataError(f"{self.name}: no hand-crafted image features; feature datasets: {', '.join(have) or 'none'}")
 
 
 def register_dataset(cls: type[DatasetSpec]) -> type[DatasetSpec]:
