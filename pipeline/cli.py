@@ -206,6 +206,10 @@ def cmd_report(args) -> int:
         if f.is_file():
             evals[suite] = json.loads(f.read_text())
     all_published = args.published == "all" or (args.published == "auto" and args.profile == "full")
+    from pipeline.config import expand_suite
+    from pipeline.report.references import collect_references
+
+    references = collect_references(runs.runs, paths.prepared, lambda suite: expand_suite(params, suite)[0].eval, paths.root / ".hashbench" / "cache" / "sanity")
     html = build_report(
         runs,
         out,
@@ -215,6 +219,7 @@ def cmd_report(args) -> int:
         published=load_published(),
         evals=evals,
         all_published=all_published,
+        references=references,
     )
     index = paths.reports / "index.html"
     if not args.out:
