@@ -96,5 +96,5 @@ def test_report_page_every_svg_parses_and_figures_are_present(tmp_path):
     svgs = re.findall(r"<svg.*?</svg>", html, re.S)
     kinds = sorted(_parse(s).get("data-figure") for s in svgs)
     assert kinds == ["loss", "loss", "map-vs-bits", "pr", "precision-at-k"]
-    assert "http://www.w3.org/2000/svg" in html and "<script" not in html
+    assert "http://www.w3.org/2000/svg" in html and "<script" not in html and "&amp;amp;" not in html  # escaped once, not twice
     assert all(np.isfinite(float(v)) for s in svgs for v in re.findall(r'(?:cx|cy)="([^"]+)"', s))

@@ -97,7 +97,7 @@ def pr_svg(curves: list[tuple[str, np.ndarray, np.ndarray]], width: int = 520, h
 
 
 def map_vs_bits_svg(df: pd.DataFrame, direction: str, metric: str = "map@all") -> str:
-    """mAP against code length per method: mean over seeds with the 95% t-interval as a band."""
+    """mAP against code length per method: mean over seeds with the 95% t-interval (clipped to [0, 1]) as a band."""
     col = f"m:{direction}/{metric}"
     if col not in df:
         return ""
@@ -106,7 +106,7 @@ def map_vs_bits_svg(df: pd.DataFrame, direction: str, metric: str = "map@all") -
         xs, ys, lo, hi = [], [], [], []
         for b, gg in sorted(g.groupby("bits"), key=lambda kv: kv[0]):
             ci = t_interval(gg[col]) or (float(gg[col].mean()),) * 2
-            xs.append(int(b)), ys.append(float(gg[col].mean())), lo.append(ci[0]), hi.append(ci[1])
+            xs.append(int(b)), ys.append(float(gg[col].mean())), lo.append(max(0.0, ci[0])), hi.append(min(1.0, ci[1]))  # mAP lives in [0, 1]
         series.append(Series(str(method), xs, ys, lo, hi))
     return line_svg(series, kind="map-vs-bits", x_label="code length (bits), 95% CI band over seeds", y_label=metric, x_log2=True)
 
