@@ -4,6 +4,7 @@ classifier's one-hot codes (Sablayrolles et al., ICASSP 2017), and how the repor
 from __future__ import annotations
 
 import hashlib
+import json
 
 import numpy as np
 import pandas as pd
@@ -12,10 +13,10 @@ import scipy.sparse as sp
 from pipeline.config import EvalConfig
 from pipeline.data.splits import Split
 from pipeline.data.formats import PreparedDataset
-from pipeline.eval.sanity import classifier_reference, dataset_sanity, leakage_audit, predicted_codes, row_digests
+from pipeline.eval.sanity import REFERENCES_FILE, classifier_reference, dataset_directions, dataset_sanity, leakage_audit, predicted_codes, profile_sanity, row_digests
 from pipeline.report.build import build_report
 from pipeline.report.collect import ProfileRuns
-from pipeline.report.references import collect_references, leakage_table, reference_rows
+from pipeline.report.references import leakage_table, load_references, reference_rows
 
 
 def test_row_digests_dense_and_sparse():
@@ -79,12 +80,20 @@ def test_digits_references_and_report(prepared_root, tmp_path):
     assert box["notes"] == ["database = training set (by design of this protocol)"] and box["rows"][0]["cells"][0] == "0 / 0"
     df = pd.DataFrame([{"suite": "s", "dataset": "digits", "protocol": "standard", "method": "csq", "bits": 16, "seed": s, "run_id": f"r{s}",
                         "m:i2i/map@all": 0.5 + s / 100} for s in (0, 1)])
-    refs = collect_references(df, lambda n: prepared_root / "data" / "prepared" / n, lambda suite: EvalConfig(), tmp_path / "cache")
-    assert refs[("digits", "standard")] == ref
+    prepared = lambda n: prepared_root / "data" / "prepared" / n  # noqa: E731
+    stage = profile_sanity({("digits", "standard"): EvalConfig(), ("nowhere", "standard"): EvalConfig()}, prepared, tmp_path / "cache")
+    assert stage["digits/standard"]["leakage"] == ref["leakage"] and "error" in stage["nowhere/standard"]
+    (tmp_path / REFERENCES_FILE).write_text(json.dumps(stage))
+    refs = load_references(tmp_path / REFERENCES_FILE)
+    assert set(refs) == {("digits", "standard"), ("nowhere", "standard")} and load_references(tmp_path / "absent.json") == {}
+    assert leakage_table(refs[("nowhere", "standard")])["error"]
     html = build_report(ProfileRuns("demo", df, {}, []), tmp_path / "r", title="T", notes={}, references=refs).read_text()
     assert "classifier one-hot (reference)" in html and "Leakage audit" in html and 'data-table="leakage-s"' in html
-    missing = collect_references(df.assign(dataset="nowhere"), lambda n: tmp_path / n, lambda suite: EvalConfig(), None)
-    assert "error" in missing[("nowhere", "standard")] and leakage_table(missing[("nowhere", "standard")])["error"]
+
+
+def test_directions_of_a_cross_modal_dataset(prepared_root):
+    ds = PreparedDataset(prepared_root / "data" / "prepared" / "wikipedia")
+    assert dataset_directions(ds) == [("image", "image"), ("text", "text"), ("image", "text"), ("text", "image")]
 
 
 def test_multi_label_classifier_reference(prepared_root):

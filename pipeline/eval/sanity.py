@@ -30,10 +30,12 @@ import hashlib
 import json
 import logging
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from pipeline.config import EvalConfig
+from pipeline.core.errors import HashBenchError
 from pipeline.data.formats import PreparedDataset
 from pipeline.eval.codes import pack_codes
 from pipeline.eval.evaluate import direction_name
@@ -42,6 +44,7 @@ from pipeline.eval.metrics import evaluate_retrieval
 log = logging.getLogger(__name__)
 
 MAX_CELLS = 60_000_000
+REFERENCES_FILE = "_references.json"  # beside the suites' results in results/eval/<profile>/
 PARTS = ("query", "database", "train")
 
 
@@ -207,3 +210,26 @@ def dataset_sanity(ds: PreparedDataset, protocol: str, directions: list[tuple[st
         tmp.write_text(json.dumps(result, indent=1, sort_keys=True))
         tmp.replace(path)
     return result
+
+
+def dataset_directions(ds: PreparedDataset) -> list[tuple[str, str]]:
+    """Every direction a method can be evaluated in on ``ds``: within each modality, and image <-> text."""
+    mods = sorted(ds.manifest["modalities"])
+    pairs = [(m, m) for m in mods]
+    if "image" in mods and "text" in mods:
+        pairs += [("image", "text"), ("text", "image")]
+    return pairs
+
+
+def profile_sanity(targets: dict[tuple[str, str], EvalConfig], prepared: Callable[[str], Path], cache_dir: Path | None) -> dict[str, dict]:
+    """{"dataset/protocol": sanity result} for every (dataset, protocol) -> evaluation settings of a profile; a
+    dataset that cannot be read gets ``{"error": ...}`` instead of failing the stage."""
+    out: dict[str, dict] = {}
+    for (dataset, protocol), cfg in sorted(targets.items()):
+        try:
+            ds = PreparedDataset(prepared(dataset))
+            out[f"{dataset}/{protocol}"] = dataset_sanity(ds, protocol, dataset_directions(ds), cfg, cache_dir)
+        except (HashBenchError, OSError, ValueError) as exc:
+            log.warning("sanity references of %s/%s: %s", dataset, protocol, exc)
+            out[f"{dataset}/{protocol}"] = {"error": str(exc)}
+    return out

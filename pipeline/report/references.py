@@ -1,49 +1,23 @@
-"""The report's sanity references per (dataset, protocol): the classifier one-hot row and the leakage audit
-(computed by :mod:`pipeline.eval.sanity`, cached by prepared-data manifest and evaluation settings).
-
-:func:`collect_references` is called by the report stage; :func:`reference_rows` and :func:`leakage_table`
-turn one result into what the templates show.
+"""The report's sanity references per (dataset, protocol): the classifier one-hot row and the leakage audit,
+computed by the evaluate stage (:func:`pipeline.eval.sanity.profile_sanity`, written to
+``results/eval/<profile>/_references.json``). :func:`load_references` reads that file; :func:`reference_rows`
+and :func:`leakage_table` turn one result into what the templates show.
 """
 
 from __future__ import annotations
 
-import logging
+import json
 from pathlib import Path
-from typing import Callable
 
-import pandas as pd
-
-from pipeline.config import EvalConfig
-from pipeline.core.errors import HashBenchError
-from pipeline.data.formats import PreparedDataset
-from pipeline.eval.sanity import dataset_sanity
-
-log = logging.getLogger(__name__)
-
-_MODALITY = {"i": "image", "t": "text"}
 CLASSIFIER_LABEL = "classifier one-hot (reference)"
 
 
-def _modalities(direction: str) -> tuple[str, str]:
-    q, _, d = direction.partition("2")
-    return _MODALITY.get(q, q), _MODALITY.get(d, d)
-
-
-def collect_references(df: pd.DataFrame, prepared: Callable[[str], Path], eval_of: Callable[[str], EvalConfig], cache_dir: Path | None) -> dict[tuple[str, str], dict]:
-    """{(dataset, protocol): sanity result} for every (dataset, protocol) of the report's runs; a dataset that is
-    not prepared here gets ``{"error": ...}`` instead of failing the report."""
-    out: dict[tuple[str, str], dict] = {}
-    if df.empty or "protocol" not in df:
-        return out
-    for (dataset, protocol), g in df.dropna(subset=["dataset", "protocol"]).groupby(["dataset", "protocol"]):
-        dirs = sorted({c[2:].split("/")[0] for c in g.dropna(axis=1, how="all").columns if c.startswith("m:") and c.endswith("/map@all") and c.count("/") == 1})
-        try:
-            ds = PreparedDataset(prepared(dataset))
-            out[(dataset, protocol)] = dataset_sanity(ds, protocol, [_modalities(d) for d in dirs], eval_of(str(g["suite"].iloc[0])), cache_dir)
-        except (HashBenchError, OSError, ValueError) as exc:
-            log.warning("sanity references of %s/%s: %s", dataset, protocol, exc)
-            out[(dataset, protocol)] = {"error": str(exc)}
-    return out
+def load_references(path: Path) -> dict[tuple[str, str], dict]:
+    """The evaluate stage's ``_references.json`` as {(dataset, protocol): result}; empty when the file is absent."""
+    if not path.is_file():
+        return {}
+    data = json.loads(path.read_text())
+    return {tuple(k.split("/", 1)): v for k, v in data.items()}
 
 
 def reference_rows(ref: dict | None, direction: str) -> list[dict]:
