@@ -98,7 +98,8 @@ def test_directions_of_a_cross_modal_dataset(prepared_root):
 
 def test_multi_label_classifier_reference(prepared_root):
     ds = PreparedDataset(prepared_root / "data" / "prepared" / "synthetic")
-    mods = sorted(ds.manifest["modalities"])
+    bow = [m for m, meta in ds.manifest["modalities"].items() if meta["kind"] == "bow"]  # the cheap modality: 8 label fits on 200-word counts
     protocol = sorted(ds.manifest["protocols"])[0]
-    out = classifier_reference(ds, protocol, [(m, m) for m in mods], EvalConfig())
-    assert set(out) and all(("map@all" in v and 0 <= v["map@all"] <= 1) or "skipped" in v for v in out.values())
+    out = classifier_reference(ds, protocol, [(bow[0], bow[0])], EvalConfig())
+    (v,) = out.values()
+    assert ds.manifest["multi_label"] and 0.3 < v["map@all"] <= 1
