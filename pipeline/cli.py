@@ -141,6 +141,9 @@ def cmd_tune(args) -> int:
 def cmd_evaluate(args) -> int:
     import json
     import tempfile
+    import time
+
+    from pipeline.eval.sanity import REFERENCES_FILE, profile_sanity
 
     from pipeline.config.trials import expand_suite
     from pipeline.data.formats import PreparedDataset
@@ -161,6 +164,7 @@ def cmd_evaluate(args) -> int:
 
     bench_dir = paths.root / "results" / "bench" / args.profile
     (paths.root / "results" / "eval" / args.profile).mkdir(parents=True, exist_ok=True)  # the DVC output, even when empty
+    sanity_targets: dict = {}
     for suite in params.suites_of_profile(args.profile):
         if params.suites[suite].incremental:
             continue  # incremental-class trials are evaluated by their own protocol
@@ -184,6 +188,14 @@ def cmd_evaluate(args) -> int:
             load_labels=lambda d, p: split_labels(paths.prepared(d), p),
         )
         print(f"suite {suite}: {out.trials} trials, {out.computed} evaluations computed, {out.reused} reused, trained 0, {out.seconds:.2f} s -> {out.path}")
+        for sp in specs[:1]:
+            sanity_targets.setdefault((sp.dataset, sp.protocol), sp.eval)
+    # sanity references per (dataset, protocol): leakage audit, classifier one-hot codes (pipeline/eval/sanity.py)
+    t0 = time.perf_counter()
+    refs = profile_sanity(sanity_targets, paths.prepared, paths.root / ".hashbench" / "cache" / "sanity")
+    ref_path = paths.root / "results" / "eval" / args.profile / REFERENCES_FILE
+    ref_path.write_text(json.dumps(refs, indent=1, sort_keys=True) + "\n")
+    print(f"sanity references: {len(refs)} dataset/protocol pairs (leakage audit, classifier one-hot), {time.perf_counter() - t0:.2f} s -> {ref_path}")
     return 0
 
 
@@ -210,6 +222,10 @@ def cmd_report(args) -> int:
         if f.is_file():
             evals[suite] = json.loads(f.read_text())
     all_published = args.published == "all" or (args.published == "auto" and args.profile == "full")
+    from pipeline.eval.sanity import REFERENCES_FILE
+    from pipeline.report.references import load_references
+
+    references = load_references(paths.root / "results" / "eval" / args.profile / REFERENCES_FILE)
     html = build_report(
         runs,
         out,
@@ -219,6 +235,7 @@ def cmd_report(args) -> int:
         published=load_published(),
         evals=evals,
         all_published=all_published,
+        references=references,
     )
     index = paths.reports / "index.html"
     if not args.out:
