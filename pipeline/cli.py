@@ -141,7 +141,7 @@ def cmd_evaluate(args) -> int:
     from pipeline.config.trials import expand_suite
     from pipeline.data.formats import PreparedDataset
     from pipeline.protocols.standard import stamp_data
-    from pipeline.eval.stored import StoredTrial, conventions_for, download_codes, evaluate_trials, split_labels
+    from pipeline.eval.stored import StoredTrial, conventions_for, download_codes, evaluate_trials, split_labels, split_training_rows
     from pipeline.report.published import load_published
     from pipeline.train import tracking
 
@@ -178,6 +178,7 @@ def cmd_evaluate(args) -> int:
             conventions=conventions,
             load_codes=load_codes,
             load_labels=lambda d, p: split_labels(paths.prepared(d), p),
+            load_train_rows=lambda d, p: split_training_rows(paths.prepared(d), p),
         )
         print(f"suite {suite}: {out.trials} trials, {out.computed} evaluations computed, {out.reused} reused, trained 0, {out.seconds:.2f} s -> {out.path}")
     return 0

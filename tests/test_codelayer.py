@@ -191,3 +191,27 @@ def test_evaluate_code_layer_on_stored_codes():
     # the two planted bits alone rank by class exactly: mAP@all of the first 8 ordered bits beats the stored order's
     assert values["i2i/prefix8/map@all"] > values["i2i/prefix8_natural/map@all"]
     assert 0 <= values["i2i/code/r@20"] <= values["i2i/plain/r@20"] + 1e-9 or values["i2i/code/index/codelayer/recall_at_k"] < 1
+
+
+def test_evaluate_stage_adds_the_code_view(tmp_path):
+    from pipeline.config import EvalConfig
+    from pipeline.eval.stored import CODE_VIEW, StoredTrial, conventions_for, evaluate_trials, spec_eval_key, view_metrics
+
+    labels, codes = planted(n=200, nbits=16)
+    packed = {"query": {"image": np.packbits(codes[:40] > 0, 1)}, "database": {"image": np.packbits(codes[40:] > 0, 1)}}
+    plain = EvalConfig(topk=[10], random_baseline=False)
+    with_code = plain.model_copy(update={"code_layer": CodeLayerConfig(k=10, latency_queries=3)})
+    assert spec_eval_key(EvalConfig.model_validate(plain.model_dump(mode="json"))) == spec_eval_key(plain)
+    assert "code_layer" not in plain.model_dump()  # unset: evaluation keys of existing settings unchanged
+    trials = [StoredTrial("a", "r1", "d", "p", plain), StoredTrial("b", "r2", "d", "p", with_code)]
+    out = tmp_path / "s.json"
+    evaluate_trials(trials, out, conventions=conventions_for([None]), load_codes=lambda r: packed,
+                    load_labels=lambda d, p: (labels[:40], labels[40:]), load_train_rows=lambda d, p: np.arange(160))
+    import json
+
+    res = json.loads(out.read_text())
+    assert CODE_VIEW not in res["trials"]["a"]["views"] and CODE_VIEW in res["trials"]["b"]["views"]
+    # the paper-convention views of both trials share their keys: the code layer is not part of them
+    assert res["trials"]["a"]["views"]["paper:map@all/index"] == res["trials"]["b"]["views"]["paper:map@all/index"]
+    code = view_metrics(res, "b", CODE_VIEW)
+    assert code["i2i/code/index/mih_exact/recall_at_k"] == 1.0 and "i2i/plain/map@10" in code
