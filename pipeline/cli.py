@@ -207,6 +207,9 @@ def cmd_report(args) -> int:
         if f.is_file():
             evals[suite] = json.loads(f.read_text())
     all_published = args.published == "all" or (args.published == "auto" and args.profile == "full")
+    from pipeline.report.matrix import render_matrix, suite_baselines
+
+    matrix = render_matrix(evals, {s: suite_baselines(params.suites[s].methods, params.implementation) for s in suites})
     html = build_report(
         runs,
         out,
@@ -216,6 +219,7 @@ def cmd_report(args) -> int:
         published=load_published(),
         evals=evals,
         all_published=all_published,
+        matrix=matrix,
     )
     index = paths.reports / "index.html"
     if not args.out:
