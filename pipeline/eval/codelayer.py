@@ -283,7 +283,7 @@ def evaluate_code_layer(
 
     * ``plain/{map,ndcg,r}@k`` and ``plain/index/flat/*``: the exhaustive faiss IndexBinaryFlat serving top-k;
     * ``code/{map,ndcg,r}@k`` and ``code/index/codelayer/*``: the importance-ordered, budgeted multi-index;
-    * ``code/index/multihash/*``: faiss IndexBinaryMultiHash (same m, nflip 1) on the same codes;
+    * ``code/index/multihash_nflip{1,2}/*``: faiss IndexBinaryMultiHash (same m, 1 or 2 flips) on the same codes;
     * ``code/index/mih_exact/*``: the multi-index at full budget (exact; recall 1 expected);
     * ``prefix{b}/map@all`` (+ ``_natural``, ``_reverse``): mAP@all of the first b bits of the importance
       order, of the stored order and of the reversed importance order, for b = 8, 16, ... < K."""
@@ -308,8 +308,9 @@ def evaluate_code_layer(
         exact_ids = _exact_ids(q > 0, d > 0, k)
         values.update(_summ(f"{name}/plain", k, served_metrics(exact_ids, query_labels, db_labels)))
         values.update(_index_values(f"{name}/plain/index/flat", flat))
-        mh = measure_index("multihash", dp, qp, k=k, n_latency_queries=cfg.latency_queries, nhash=m, hash_bits=nbits // m, nflip=1)
-        values.update(_index_values(f"{name}/code/index/multihash", mh))
+        for flips in (1, 2):
+            mh = measure_index("multihash", dp, qp, k=k, n_latency_queries=cfg.latency_queries, nhash=m, hash_bits=nbits // m, nflip=flips)
+            values.update(_index_values(f"{name}/code/index/multihash_nflip{flips}", mh))
 
         def budget(ix, qs, kk):
             return ix.search_budget(qs, kk, plan, n_candidates=int(cfg.candidate_factor * kk), max_buckets=cfg.max_buckets)

@@ -154,6 +154,30 @@ def codelength_rows(trials: list[Trial], direction: str) -> list[dict]:
     return rows
 
 
+INDEXES = (
+    ("plain/index/flat", "faiss IndexBinaryFlat (exhaustive)"),
+    ("code/index/multihash_nflip1", "faiss IndexBinaryMultiHash, m tables, nflip 1"),
+    ("code/index/multihash_nflip2", "faiss IndexBinaryMultiHash, m tables, nflip 2"),
+    ("code/index/codelayer", "code layer: ordered bits, learned probe order, budget"),
+    ("code/index/mih_exact", "code layer multi-index, full budget (exact)"),
+)
+INDEX_COLS = (("build_seconds", 1000.0), ("latency_p50_ms", 1.0), ("latency_p95_ms", 1.0), ("batch_qps", 1.0), ("memory_bytes", 1 / 1024), ("recall_at_k", 1.0), ("mean_candidates", 1.0))
+
+
+def index_rows(trials: list[Trial], suite: str, direction: str) -> list[dict]:
+    """The indexes on the same codes, figures averaged over the suite's trials (every method and seed)."""
+    mine = [t for t in trials if t.suite == suite and t.code]
+    rows = []
+    for prefix, label in INDEXES:
+        cells = []
+        for key, scale in INDEX_COLS:
+            vals = [t.code[f"{direction}/{prefix}/{key}"] for t in mine if f"{direction}/{prefix}/{key}" in t.code]
+            cells.append(f"{np.mean(vals) * scale:.3g}" if vals else "–")
+        if any(c != "–" for c in cells):
+            rows.append({"row": label, "cells": cells})
+    return rows
+
+
 def _table(head: list[str], rows: list[dict]) -> str:
     out = ["<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>"]
     for r in rows:
@@ -183,6 +207,8 @@ def render_matrix(evals: dict[str, dict], baselines: dict[str, dict[str, str]], 
             head = ["cell", "mAP@all", f"mAP@{k}", f"NDCG@{k}", f"R@{k}", "build (ms)", "query p50 (ms)", "memory (KiB)", f"recall@{k} vs exact",
                     f"Δ mAP@{k}", f"Δ NDCG@{k}", f"Δ R@{k}"]
             parts.append(f"<h3>{html.escape(suite)}: {html.escape(d)}</h3>" + _table(head, rows))
+            ihead = ["index (same codes)", "build (ms)", "query p50 (ms)", "query p95 (ms)", "batch (queries/s)", "memory (KiB)", f"recall@{k} vs exact", "candidates / query"]
+            parts.append(_table(ihead, index_rows(trials, suite, d)))
     for d in dirs:
         rows = codelength_rows(trials, d)
         if rows:
