@@ -215,3 +215,11 @@ def test_evaluate_stage_adds_the_code_view(tmp_path):
     assert res["trials"]["a"]["views"]["paper:map@all/index"] == res["trials"]["b"]["views"]["paper:map@all/index"]
     code = view_metrics(res, "b", CODE_VIEW)
     assert code["i2i/code/index/mih_exact/recall_at_k"] == 1.0 and "i2i/plain/map@10" in code
+
+
+def test_drift_reference_of_one_window_gets_its_own_threshold():
+    ref, stream = _incremental_stream(True)
+    mon = DriftMonitor(ref, correlation=np.ones(16), window=200)
+    before = mon.threshold
+    mon.insert(stream[:200])
+    assert mon.threshold == pytest.approx(drift_threshold(16, 200, 200, 0.01)) and mon.threshold > before

@@ -205,7 +205,8 @@ def drift_threshold(nbits: int, window: int, n_reference: int, alpha: float = 0.
 class DriftMonitor:
     """Sliding-window bit frequencies of a stream of inserted codes against a reference; past the
     threshold it re-orders the index (``on_drift(new_order)``, no retraining) and the window becomes the
-    new reference. The new order keeps the training correlations and takes the balance of the window."""
+    new reference (the threshold is recomputed for a reference of W items). The new order keeps the
+    training correlations and takes the balance of the window."""
 
     def __init__(self, reference_codes, correlation: np.ndarray, window: int = 200, alpha: float = 0.01, threshold: float | None = None, on_drift=None):
         ref = np.asarray(reference_codes) > 0
@@ -216,6 +217,7 @@ class DriftMonitor:
         self.reference = ref.mean(0)
         self.n_reference = len(ref)
         self.correlation = np.asarray(correlation, dtype=float)
+        self.alpha, self.fixed_threshold = alpha, threshold
         self.threshold = drift_threshold(self.nbits, self.window, self.n_reference, alpha) if threshold is None else float(threshold)
         self.on_drift = on_drift
         self.order = importance_order(np.maximum(self.correlation, 0) * binary_entropy(self.reference))
@@ -238,10 +240,13 @@ class DriftMonitor:
                 continue
             stat = self.statistic(self._buf)
             if stat > self.threshold:
+                crossed = self.threshold
                 self.reference = self._buf.mean(0)
                 self.n_reference = len(self._buf)
+                if self.fixed_threshold is None:  # a reference of W items is noisier than the original one
+                    self.threshold = drift_threshold(self.nbits, self.window, self.n_reference, self.alpha)
                 self.order = importance_order(np.maximum(self.correlation, 0) * binary_entropy(self.reference))
-                ev = {"position": self.seen, "statistic": stat, "threshold": self.threshold, "order": self.order.copy()}
+                ev = {"position": self.seen, "statistic": stat, "threshold": crossed, "order": self.order.copy()}
                 events.append(ev)
                 self.events.append(ev)
                 if self.on_drift is not None:
