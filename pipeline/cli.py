@@ -148,7 +148,7 @@ def cmd_evaluate(args) -> int:
     from pipeline.config.trials import expand_suite
     from pipeline.data.formats import PreparedDataset
     from pipeline.protocols.standard import stamp_data
-    from pipeline.eval.stored import StoredTrial, conventions_for, download_codes, evaluate_trials, split_labels
+    from pipeline.eval.stored import StoredTrial, conventions_for, download_codes, evaluate_trials, split_labels, split_training_rows
     from pipeline.report.published import load_published
     from pipeline.train import tracking
 
@@ -186,6 +186,7 @@ def cmd_evaluate(args) -> int:
             conventions=conventions,
             load_codes=load_codes,
             load_labels=lambda d, p: split_labels(paths.prepared(d), p),
+            load_train_rows=lambda d, p: split_training_rows(paths.prepared(d), p),
         )
         print(f"suite {suite}: {out.trials} trials, {out.computed} evaluations computed, {out.reused} reused, trained 0, {out.seconds:.2f} s -> {out.path}")
         for sp in specs[:1]:
@@ -226,6 +227,9 @@ def cmd_report(args) -> int:
     from pipeline.report.references import load_references
 
     references = load_references(paths.root / "results" / "eval" / args.profile / REFERENCES_FILE)
+    from pipeline.report.matrix import render_matrix, suite_baselines
+
+    matrix = render_matrix(evals, {s: suite_baselines(params.suites[s].methods, params.implementation) for s in suites})
     html = build_report(
         runs,
         out,
@@ -236,6 +240,7 @@ def cmd_report(args) -> int:
         evals=evals,
         all_published=all_published,
         references=references,
+        matrix=matrix,
     )
     index = paths.reports / "index.html"
     if not args.out:

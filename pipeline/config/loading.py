@@ -99,7 +99,8 @@ def check_params(params: Params) -> None:
         if name not in known_datasets:
             raise ConfigError(f"{src}: datasets.{name}: unknown dataset {name!r}; available: {', '.join(known_datasets)}")
         params.dataset_params(name)
-    for name, block in params.methods.items():
+    # registered methods' blocks first, so an error in a method's block is reported there, not in a variant that inherits it
+    for name, block in sorted(params.methods.items(), key=lambda kv: kv[0] not in known_methods):
         if block is not None and not isinstance(block, Mapping):
             raise ConfigError(f"{src}: methods.{name}: expected a mapping of hyperparameters, got {block!r}")
         impl = (block or {}).get("method")

@@ -226,6 +226,7 @@ def build_report(
     evals: dict[str, dict] | None = None,
     all_published: bool = False,
     references: dict[tuple[str, str], dict] | None = None,
+    matrix: str = "",
 ) -> Path:
     """Write index.html, metrics.json and plots/*.json under ``out_dir``; return the HTML path.
 
@@ -295,6 +296,7 @@ def build_report(
     context["published"] = render_published(plain, evals or {}, published or [], runs.profile, all_published)
 
     context["incremental"] = render_incremental(df)
+    context["matrix"] = matrix  # paper 000's evaluation matrix (pipeline/report/matrix.py), rendered by the caller
     write_atomic(out_dir / "_body.html", env.get_template("body.html.j2").render(**context))
     html_path = out_dir / "index.html"
     write_atomic(html_path, env.get_template("page.html.j2").render(**context))
