@@ -63,7 +63,7 @@ from pipeline.data.download import RemoteFile, fetch_archive, read_verified_reco
 from pipeline.data.formats import ModalityData, write_prepared
 from pipeline.data.images import ImageDatasetParams, pixel_memmap
 from pipeline.data.longtail import derive_seed
-from pipeline.data.registry import DatasetSpec, register_dataset
+from pipeline.data.registry import DatasetSpec, MapCutoff, register_dataset
 from pipeline.data.splits import Split, query_database_split
 from pipeline.core.errors import DataError
 
@@ -197,6 +197,10 @@ class Mirflickr25k(DatasetSpec):
     default_protocol = "dcmh"
     multi_label = True
     Params = MirflickrParams
+    map_cutoffs = {
+        "dcmh": MapCutoff(None, "mAP@all: DCMH (CVPR 2017) and MFPMC (paper 001, Sec. 3.2) rank the whole retrieval set (no cut-off stated)"),
+        "adih": MapCutoff(None, "mAP@all: paper 003 states no cut-off; its baselines' code (DCMH) ranks the whole retrieval set"),
+    }
     citation = "Huiskes & Lew, The MIR Flickr Retrieval Evaluation, ACM MIR 2008; protocols: Jiang & Li, Deep Cross-Modal Hashing, CVPR 2017; Zhou et al., ADIH (paper 003)"
 
     def fetch(self, params: MirflickrParams, raw_dir: Path) -> None:

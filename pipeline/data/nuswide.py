@@ -59,7 +59,7 @@ from pipeline.data.formats import ModalityData, write_prepared
 from pipeline.data.images import ImageDatasetParams, pixel_memmap
 from pipeline.data.longtail import derive_seed, per_class_sample
 from pipeline.data.mirflickr25k import AdihSizes, SplitSizes
-from pipeline.data.registry import DatasetSpec, register_dataset
+from pipeline.data.registry import MAP_5000_NUS_COCO, DatasetSpec, MapCutoff, register_dataset
 from pipeline.data.splits import Split, query_database_split
 from pipeline.core.errors import DataError
 
@@ -153,6 +153,11 @@ class Nuswide(DatasetSpec):
     default_protocol = "dcmh"
     multi_label = True
     Params = NuswideParams
+    map_cutoffs = {
+        "dcmh": MapCutoff(None, "mAP@all: DCMH (CVPR 2017) and MFPMC (paper 001, Sec. 3.2) rank the whole retrieval set (no cut-off stated)"),
+        "adih": MapCutoff(None, "mAP@all: paper 003 states no cut-off; its baselines' code (DCMH) ranks the whole retrieval set"),
+        "dpsh": MAP_5000_NUS_COCO,
+    }
     citation = "Chua et al., NUS-WIDE, CIVR 2009; protocols: Jiang & Li, DCMH, CVPR 2017; Li et al., DPSH, IJCAI 2016; Zhou et al., ADIH (paper 003)"
 
     def _manual(self, raw_dir: Path, problem: str) -> DataError:
