@@ -333,8 +333,9 @@ def test_epoch_end_applies_the_closed_forms_and_ablation_switches():
 #: CPU-sized widths (the demo's): image MLP 128 -> 512 -> f, text FFN 60 -> 512 -> 512 -> f, f = 512
 WIKI = {"image_hidden": [512], "text_hidden": [512, 512]}
 #: trained mAP@all must beat random codes (0.111 on Wikipedia) by this much in both directions after 10 epochs
-#: (measured, seed 0, 16 bits: i2t 0.268, t2i 0.306)
-WIKI_MARGIN = 0.08
+#: (measured, seed 0, 16 bits, normalize: paper (the default): i2t 0.175, t2i 0.145; the old `mean` weighting
+#: reached 0.271 / 0.313)
+WIKI_MARGIN = 0.02
 #: the synthetic pixel/BoW path (small CNN + 2-D IMFM, TMFM on a 200-word BoW), 4 epochs: the mean of the two
 #: directions' mAP must beat random codes (0.443) by this much (measured: i2t 0.508, t2i 0.460), and the batch
 #: objective must fall by 5% (measured: 109.8 -> 96.4). DCMH does not beat random codes there in 8 epochs either.
@@ -356,7 +357,9 @@ def test_mfpmc_pixel_and_bow_path_on_synthetic(tmp_path, prepared_root, repo_par
     from pipeline.train.loop import run_trial
     from tests.conftest import trial_spec
 
-    params = {**SMALL, "image_backbone": "small_cnn", "image_hidden": []}
+    # the path is under test, not the weighting: the old `mean` weighting learns within 4 epochs here (the
+    # paper's, J1-dominated: 0.448 / 0.461 against 0.443, measured)
+    params = {**SMALL, "image_backbone": "small_cnn", "image_hidden": [], "normalize": "mean"}
     spec = trial_spec(tmp_path, repo_params, "mfpmc", 16, 4, method_params=params, dataset="synthetic")
     out = run_trial(spec, prepared_root / "data" / "prepared" / "synthetic", device="cpu")
     m = out.evaluation.flat_metrics()
@@ -390,7 +393,8 @@ def test_adversarial_term_is_a_min_max_through_gradient_reversal():
     m.training_step(batch, "joint")["adversarial"].backward()
     g_d, g_f = d_param.grad.clone(), f_param.grad.clone()
     m.zero_grad()
-    direct = 0.5 * adversarial_loss(m.discriminator(m.image_net(img[:4])), m.discriminator(m.text_net(txt[:4])))
+    n = labels.shape[0]  # the paper's weighting: eq. (15) / n puts the mean L_adv at 1/n
+    direct = 0.5 * adversarial_loss(m.discriminator(m.image_net(img[:4])), m.discriminator(m.text_net(txt[:4]))) / n
     direct.backward()
     assert float(g_d.abs().sum()) > 0 and float(g_f.abs().sum()) > 0
     assert torch.allclose(g_d, d_param.grad, atol=1e-7)
