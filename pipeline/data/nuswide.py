@@ -41,8 +41,16 @@ Protocols (``split_seed`` draws them; sizes are parameters):
 
 * ``dcmh`` (default, cross-modal; Jiang & Li, DCMH, CVPR 2017; MFPMC: 195,834 pairs): 2,100 random
   queries, the rest the database (193,734), 10,500 training pairs drawn from the database.
-* ``adih`` (cross-modal): as ``dcmh`` on the pairs that also have at least one of the 1,000 tags (ADIH
-  reports 186,577 pairs; that the difference is the tag-less pairs is our reading, not stated).
+* ``adih`` (cross-modal; Zhou, Xu, Zheng, Xie, ADIH, ``shared/papers/003``, experiments, datasets
+  paragraph, line 102 of the copy: the 21 most frequent concepts, 186,577 text-image pairs, "5,000
+  random samples as the training set, 1% of the data (about 1,866) as the test set, the rest as the
+  retrieval set"): on the pairs that also have at least one of the 1,000 tags, ``query_fraction`` 0.01
+  of them as queries (rounded: 1,866 of 186,577), 5,000 training pairs, both random and disjoint, and the
+  remaining pairs the database (``adih.database: rest``, the paper's words; 179,711 of 186,577;
+  ``with_train`` puts the training pairs back into the database, DCMH's convention). Where our copy
+  may differ: that the paper's 186,577 (vs 195,834 with >= 1 concept) are the tagged pairs is our
+  reading, not stated; the paper's Table 1 (original / incremental split, 11 / 10 classes for "more new
+  than old") is not in our copy.
 * ``dpsh`` (image hashing; Li, Wang, Kang, DPSH, IJCAI 2016, and most deep image hashing papers):
   100 queries per concept (2,100), the rest the database (193,734), 500 training images per concept
   drawn from the database (10,500). Per-concept draws go concept by concept over items not yet drawn.
@@ -63,8 +71,8 @@ from pipeline.data.formats import ModalityData, write_prepared
 from pipeline.data.handcrafted import HandcraftedFeature, fetched_feature, read_matrix, write_handcrafted
 from pipeline.data.images import ImageDatasetParams, pixel_memmap
 from pipeline.data.longtail import derive_seed, per_class_sample
-from pipeline.data.mirflickr25k import SplitSizes
-from pipeline.data.registry import DatasetSpec, register_dataset
+from pipeline.data.mirflickr25k import AdihSizes, SplitSizes
+from pipeline.data.registry import MAP_5000_NUS_COCO, DatasetSpec, MapCutoff, register_dataset
 from pipeline.data.splits import Split, query_database_split
 from pipeline.core.errors import DataError
 
@@ -98,7 +106,7 @@ EXPECTED = [
 class NuswideParams(ImageDatasetParams):
     n_concepts: int = Field(21, ge=1, le=N_CONCEPTS)
     dcmh: SplitSizes = SplitSizes(query=2100, train=10500)
-    adih: SplitSizes = SplitSizes(query=2100, train=10500)
+    adih: AdihSizes = AdihSizes(query_fraction=0.01, train=5000)
     dpsh_query_per_class: int = Field(100, ge=1)
     dpsh_train_per_class: int = Field(500, ge=1)
     allow_missing_images: bool = Field(False, description="drop items whose image file is absent instead of failing (counts then differ from the papers)")
@@ -167,7 +175,12 @@ class Nuswide(DatasetSpec):
     multi_label = True
     Params = NuswideParams
     handcrafted = HANDCRAFTED
-    citation = "Chua et al., NUS-WIDE, CIVR 2009; protocols: Jiang & Li, DCMH, CVPR 2017; Li et al., DPSH, IJCAI 2016"
+    map_cutoffs = {
+        "dcmh": MapCutoff(None, "mAP@all: DCMH (CVPR 2017) and MFPMC (paper 001, Sec. 3.2) rank the whole retrieval set (no cut-off stated)"),
+        "adih": MapCutoff(None, "mAP@all: paper 003 states no cut-off; its baselines' code (DCMH) ranks the whole retrieval set"),
+        "dpsh": MAP_5000_NUS_COCO,
+    }
+    citation = "Chua et al., NUS-WIDE, CIVR 2009; protocols: Jiang & Li, DCMH, CVPR 2017; Li et al., DPSH, IJCAI 2016; Zhou et al., ADIH (paper 003)"
 
     def _manual(self, raw_dir: Path, problem: str) -> DataError:
         return manual_placement_error(
@@ -255,11 +268,9 @@ class Nuswide(DatasetSpec):
         splits["dcmh"] = query_database_split(n, s.query, derive_seed(params.split_seed, "dcmh"), n_train=s.train)
         notes["dcmh"] = f"DCMH/MFPMC: {n} pairs with >= 1 of the {params.n_concepts} most frequent concepts; {s.query} random queries, database = the rest, {s.train} training pairs from the database"
         tagged = np.flatnonzero(np.diff(text.indptr) > 0)
-        s = params.adih
-        self._check(len(tagged), s, "adih")
-        sub = query_database_split(len(tagged), s.query, derive_seed(params.split_seed, "adih"), n_train=s.train)
-        splits["adih"] = Split(query=tagged[sub.query], train=tagged[sub.train], database=tagged[sub.database])
-        notes["adih"] = f"ADIH: the {len(tagged)} pairs that also have >= 1 of the 1,000 tags; {s.query} random queries, database = the rest, {s.train} training pairs from the database"
+        sub = params.adih.draw(len(tagged), derive_seed(params.split_seed, "adih"), where="datasets.nuswide.adih")
+        splits["adih"] = Split(query=tagged[sub.query], train=tagged[sub.train], database=tagged[sub.database], train_in_database=sub.train_in_database)
+        notes["adih"] = f"ADIH (paper 003): the {len(tagged)} pairs that also have >= 1 of the 1,000 tags (the paper: 186,577); {params.adih.describe(len(tagged))}"
         query = per_class_sample(labels, params.dpsh_query_per_class, derive_seed(params.split_seed, "dpsh/query"), what="items")
         database = np.setdiff1d(np.arange(n), query).astype(np.int64)
         train = per_class_sample(labels, params.dpsh_train_per_class, derive_seed(params.split_seed, "dpsh/train"), candidates=database, what="database items")

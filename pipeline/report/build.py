@@ -12,7 +12,9 @@ import numpy as np
 import pandas as pd
 
 from pipeline.report.collect import ProfileRuns
+from pipeline.data.registry import get_dataset
 from pipeline.report.compare import published_sections
+from pipeline.report.flags import label_methods, legend_items, method_flags
 from pipeline.report.common import DIRECTION_TITLES, TEMPLATES, environment, write_atomic
 from pipeline.report.incremental import render_incremental
 from pipeline.report.longtail import render_longtail
@@ -215,6 +217,17 @@ def initialisation_notes(g: pd.DataFrame) -> dict[str, list[str]]:
     return out
 
 
+def paper_cutoff(dataset: str, g: pd.DataFrame):
+    """The paper's mAP convention of the group's protocol (:meth:`pipeline.data.registry.DatasetSpec.map_cutoff`), or None."""
+    protocols = set(g["protocol"].dropna()) if "protocol" in g else set()
+    if len(protocols) != 1:
+        return None
+    try:
+        return get_dataset(dataset).map_cutoff(protocols.pop())
+    except Exception:  # noqa: BLE001 - a dataset no longer registered: no convention to show
+        return None
+
+
 def build_report(
     runs: ProfileRuns,
     out_dir: Path,
@@ -249,10 +262,15 @@ def build_report(
             ref = (references or {}).get((dataset, protocol))
             section["leakage"] = leakage_table(ref)
             metrics_json[suite] = {}
+            cut = paper_cutoff(dataset, g)
+            gl = label_methods(g)  # method names with their setup flags (pipeline/report/flags.py), for display
+            section["flags"] = legend_items({c for fs in method_flags(g).values() for c in fs})
+            section["paper_cutoff"] = cut.source if cut is not None else None
             for d in directions_of(g):
                 names = metric_columns(g, d)
-                headline = summary_table(g, d, "map@all")
-                curves = mean_curves(runs, g, d)
+                headline = summary_table(gl, d, "map@all")
+                paper = summary_table(gl, d, cut.metric) if cut is not None and cut.k and f"m:{d}/{cut.metric}" in g else None
+                curves = mean_curves(runs, gl, d)
                 plot_rows = [
                     {"series": label, "recall": float(r), "precision": float(p)}
                     for label, (rec, prec) in curves.items()
@@ -266,11 +284,12 @@ def build_report(
                         "name": d,
                         "title": DIRECTION_TITLES.get(d, d),
                         "headline": headline,
-                        "detail": detail_table(g, d, [m for m in names if m != "map@all"]),
+                        "paper": paper,
+                        "detail": detail_table(gl, d, [m for m in names if m != "map@all"]),
                         "svg": pr_svg([(k, v[0], v[1]) for k, v in curves.items()]) if curves else "",
-                        "map_svg": map_vs_bits_svg(g, d),
-                        "pk_svg": precision_at_k_svg(g, d),
-                        "index_rows": index_table(g, d),
+                        "map_svg": map_vs_bits_svg(gl, d),
+                        "pk_svg": precision_at_k_svg(gl, d),
+                        "index_rows": index_table(gl, d),
                         "index_cols": [label for _, label, _ in INDEX_FIGURES],
                         "random_map": float(g[random_col].mean()) if random_col in g else None,
                         "references": reference_rows(ref, d),
@@ -292,10 +311,11 @@ def build_report(
 
     context = {"title": title, "sections": sections, "runs": runs, "notes": notes, "sensitivity": render_sections(searches or [])}
 
-    context["longtail"] = render_longtail(plain)
+    context["longtail"] = render_longtail(label_methods(plain))
     context["published"] = render_published(plain, evals or {}, published or [], runs.profile, all_published)
 
-    context["incremental"] = render_incremental(df)
+    context["incremental"] = render_incremental(label_methods(df))
+    context["flag_legend"] = legend_items()
     context["matrix"] = matrix  # paper 000's evaluation matrix (pipeline/report/matrix.py), rendered by the caller
     write_atomic(out_dir / "_body.html", env.get_template("body.html.j2").render(**context))
     html_path = out_dir / "index.html"

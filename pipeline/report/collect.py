@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from pipeline.report.flags import SETUP_PARAMS
 from pipeline.train import tracking
 from pipeline.core.errors import HashBenchError
 
@@ -73,6 +74,8 @@ def collect_runs(uri: str, bench_dir: Path, suites: list[str], profile: str) -> 
                 "init": tags.get("hashbench.init"),  # pretrained / random-init / frozen-features (pipeline/train/loop.py)
                 "weights": "; ".join(f"{k[len('weights.'):]}={v}" for k, v in sorted(tags.items()) if k.startswith("weights.")) or None,  # incremental-class protocol trials only
             }
+            row["implementation"] = tags.get("hashbench.implementation")
+            row.update({f"p:{k}": v for k, v in run.data.params.items() if k in SETUP_PARAMS})  # pipeline/report/flags.py
             row.update({f"m:{tracking.metric_name_from_mlflow(k)}": v for k, v in run.data.metrics.items()})
             rows.append(row)
             curves[run_id] = _load_json_artifact(c, run_id, "pr_curves.json", {})
