@@ -128,6 +128,8 @@ def write_prepared(
                 "class_counts": {part: labels[idx].sum(0).astype(int).tolist() for part, idx in split.parts().items()},
                 "notes": (protocol_notes or {}).get(pname, ""),
             }
+            if not split.train_in_database:  # recorded only when disjoint, so other manifests keep their hashes
+                protocols[pname]["train_in_database"] = False
         manifest = {
             "schema_version": SCHEMA_VERSION,
             "dataset": dataset,
@@ -318,7 +320,8 @@ class PreparedDataset:
         if protocol not in self.manifest["protocols"]:
             raise DataError(f"{self.root}: no split for protocol {protocol!r}; prepared protocols: {sorted(self.manifest['protocols'])}")
         with np.load(self.root / "splits" / f"{protocol}.npz") as z:
-            return Split(query=z["query"], train=z["train"], database=z["database"])
+            return Split(query=z["query"], train=z["train"], database=z["database"],
+                         train_in_database=self.manifest["protocols"][protocol].get("train_in_database", True))
 
     def info(self, protocol: str) -> DataInfo:
         split = self.split(protocol)
