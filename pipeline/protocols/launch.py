@@ -217,14 +217,29 @@ def trial_resources(p: Placement) -> dict[str, float]:
     return {"CPU": DRIVER_CPU_ON_CLUSTER}
 
 
+#: the Ray node a trial's process ran on (its Tune trial process: the trainer's driver for N workers); with the
+#: host name (``hashbench.host``) it tells the nodes of a cluster apart, also several nodes on one host
+TAG_RAY_NODE = "hashbench.ray_node"
+
+
+def node_tags() -> dict[str, str]:
+    """``{TAG_RAY_NODE: node id}`` of this process's Ray node; empty outside Ray."""
+    import ray
+
+    if not ray.is_initialized():
+        return {}
+    return {TAG_RAY_NODE: ray.get_runtime_context().get_node_id()}
+
+
 def trial_context(base: TrialContext, p: Placement, report: Callable | None) -> TrialContext:
-    """The context a trial runs with on this placement (device, threads, Ray report function)."""
+    """The context a trial runs with on this placement (device, threads, Ray report function, node tag)."""
     return dataclasses.replace(
         base,
         device="cuda" if p.use_gpu else base.device,
         threads=max(1, int(p.cpus_per_worker)),
         report=report,
         executor="tune-trial-process" if p.in_process else f"ray-train-{p.num_workers}-workers",
+        extra_tags={**base.extra_tags, **node_tags()},
     )
 
 
