@@ -81,6 +81,13 @@ those rows are as old as the batch's, which holds under one permutation per epoc
 made for). ``stale`` uses the stored rows as they are. ``batch``: ``n / B`` times the batch sum (no lag, no
 filtering). All estimate the same quantity; with the stored rows equal to the network's outputs they
 coincide.
+
+Data-parallel training (``resources.num_workers > 1``, pipeline/train/distributed.py): not in the paper or
+the authors' code. F/G rows are copied to every rank after each step (``distributed_step_buffers``), and the
+balance estimate uses the global batch's sums over the ranks (``_global_balance_f1``), so each rank's
+gradient is its share of the 1-worker gradient; the logged balance term is shared out among the ranks
+(``shared_term``). 2 workers match 1 worker to float summation order (tests/test_distributed.py). With
+``hard_pairs`` (per-item losses) several workers are refused by the loop.
 """
 
 from __future__ import annotations

@@ -74,6 +74,11 @@ Reconstructions and deviations (each is a parameter where it is a choice):
   trained networks before the closed-form steps (the paper fixes the networks first); ``false`` uses the
   codes stored during the pass (DCMH's practice, no extra pass).
 * Optimiser: the pipeline's (``train.optimizer``, Adam by default); the paper says SGD.
+* Data-parallel training (not in the paper): H^x/H^y rows are copied to every rank after each step, J1's
+  balance uses the global batch's sums over the ranks, and L_p is computed over the global batch's pairs
+  with its exact gradient (``_global_lfpmc``: each rank's rows against the gathered features, the gradient on
+  those summed over the ranks); W, V, B are solved on every rank from identical inputs and rank 0's are
+  broadcast. ``normalize: none`` under several workers sums the mean terms (L_p, L_adv) over the ranks.
 
 Measured on the embedded Wikipedia (features: 128-d SIFT BoW, 10-d LDA), 30 epochs, Adam 1e-3, batch 128,
 ``image_hidden: [512]``, ``text_hidden: [512, 512]``, mAP@all (random codes 0.111), mean ± std over seeds

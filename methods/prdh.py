@@ -43,6 +43,9 @@ Deviations / uncertain points (written from memory of the paper; no copy of it i
 * ``gamma = 1`` (quantization, as DCMH) is our recollection, not certain. ``lam`` (decorrelation)
   defaults to 0.01, NOT a paper value: with the likelihoods divided by ``batch_size * n_train`` the
   per-batch DeCov term at ``lam = 1`` dominated and held Wikipedia at mAP ~0.17 (random 0.11).
+* data-parallel (not from the paper): DCMH's step-wise row copies and global balance estimate; the intra-modal
+  pairs see the whole global batch's live rows (``global_rows``) and the decorrelation term is the global
+  batch's covariance, from the ranks' summed moments, with its exact gradient (``_global_decorrelation``).
 * measured on Wikipedia (30 epochs, Adam 1e-3, batch 128, seed 0, i2t / t2i mAP@all, random 0.111):
   512-wide heads 16 bits 0.223 / 0.291, 32 bits 0.248 / 0.325; default 4096/8192 heads 16 bits
   0.208 / 0.263, 32 bits 0.175 / 0.256. The intra-modal terms cost t2i: ``intra = 0`` (20 epochs,

@@ -1,6 +1,8 @@
 """Scale-out through bench: the multi-node store refusal, the tracking-server command, a SIGKILLed bench
-that resumes its trial from the last in-trial checkpoint, and a 2-worker Ray Train trial (gloo) that
-loses a worker, resumes from Ray Train's checkpoint and logs a FINISHED run."""
+that resumes its trial from the last in-trial checkpoint, a 2-worker Ray Train trial (gloo) that
+loses a worker, resumes from Ray Train's checkpoint and logs a FINISHED run, and a bench on a 2-node
+Ray cluster on loopback (`ray start --head` + `ray start --address`, own ports, temp dir and token) logging
+to `hashbench tracking-server`."""
 
 from __future__ import annotations
 
