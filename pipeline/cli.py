@@ -60,6 +60,10 @@ def cmd_prepare(args) -> int:
     params, paths = _params(args), _paths(args)
     for name in _dataset_names(args, params):
         spec = get_dataset(name)
+        if args.handcrafted:  # only the hand-crafted feature dataset <name>+<feature>, beside the prepared <name>
+            out = spec.prepare_handcrafted(params.dataset_params(name), paths.raw(name), paths.prepared(name), args.handcrafted)
+            print(f"{out.name}: {PreparedDataset(out).manifest['n_items']} items")
+            continue
         log.info("prepare %s -> %s", name, paths.prepared(name))
         spec.prepare(params.dataset_params(name), paths.raw(name), paths.prepared(name))
         ds = PreparedDataset(paths.prepared(name))
@@ -137,11 +141,14 @@ def cmd_tune(args) -> int:
 def cmd_evaluate(args) -> int:
     import json
     import tempfile
+    import time
+
+    from pipeline.eval.sanity import REFERENCES_FILE, profile_sanity
 
     from pipeline.config.trials import expand_suite
     from pipeline.data.formats import PreparedDataset
     from pipeline.protocols.standard import stamp_data
-    from pipeline.eval.stored import StoredTrial, conventions_for, download_codes, evaluate_trials, split_labels
+    from pipeline.eval.stored import StoredTrial, conventions_for, download_codes, evaluate_trials, split_labels, split_training_rows
     from pipeline.report.published import load_published
     from pipeline.train import tracking
 
@@ -157,6 +164,7 @@ def cmd_evaluate(args) -> int:
 
     bench_dir = paths.root / "results" / "bench" / args.profile
     (paths.root / "results" / "eval" / args.profile).mkdir(parents=True, exist_ok=True)  # the DVC output, even when empty
+    sanity_targets: dict = {}
     for suite in params.suites_of_profile(args.profile):
         if params.suites[suite].incremental:
             continue  # incremental-class trials are evaluated by their own protocol
@@ -178,8 +186,17 @@ def cmd_evaluate(args) -> int:
             conventions=conventions,
             load_codes=load_codes,
             load_labels=lambda d, p: split_labels(paths.prepared(d), p),
+            load_train_rows=lambda d, p: split_training_rows(paths.prepared(d), p),
         )
         print(f"suite {suite}: {out.trials} trials, {out.computed} evaluations computed, {out.reused} reused, trained 0, {out.seconds:.2f} s -> {out.path}")
+        for sp in specs[:1]:
+            sanity_targets.setdefault((sp.dataset, sp.protocol), sp.eval)
+    # sanity references per (dataset, protocol): leakage audit, classifier one-hot codes (pipeline/eval/sanity.py)
+    t0 = time.perf_counter()
+    refs = profile_sanity(sanity_targets, paths.prepared, paths.root / ".hashbench" / "cache" / "sanity")
+    ref_path = paths.root / "results" / "eval" / args.profile / REFERENCES_FILE
+    ref_path.write_text(json.dumps(refs, indent=1, sort_keys=True) + "\n")
+    print(f"sanity references: {len(refs)} dataset/protocol pairs (leakage audit, classifier one-hot), {time.perf_counter() - t0:.2f} s -> {ref_path}")
     return 0
 
 
@@ -206,6 +223,13 @@ def cmd_report(args) -> int:
         if f.is_file():
             evals[suite] = json.loads(f.read_text())
     all_published = args.published == "all" or (args.published == "auto" and args.profile == "full")
+    from pipeline.eval.sanity import REFERENCES_FILE
+    from pipeline.report.references import load_references
+
+    references = load_references(paths.root / "results" / "eval" / args.profile / REFERENCES_FILE)
+    from pipeline.report.matrix import render_matrix, suite_baselines
+
+    matrix = render_matrix(evals, {s: suite_baselines(params.suites[s].methods, params.implementation) for s in suites})
     html = build_report(
         runs,
         out,
@@ -215,6 +239,8 @@ def cmd_report(args) -> int:
         published=load_published(),
         evals=evals,
         all_published=all_published,
+        references=references,
+        matrix=matrix,
     )
     index = paths.reports / "index.html"
     if not args.out:
@@ -411,6 +437,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("prepare", help="turn raw files into the prepared format with the protocol splits")
     pr.add_argument("datasets", nargs="*")
     pr.add_argument("--all", action="store_true", help="every dataset configured in params")
+    pr.add_argument("--handcrafted", metavar="FEATURE",
+                    help="only write <dataset>+FEATURE (hand-crafted image features, e.g. nuswide's sift-bow500) beside the prepared dataset")
     pr.set_defaults(func=cmd_prepare)
 
     b = sub.add_parser("bench", help="run suites (methods x bits x seeds) on Ray Tune, logging to MLflow; resumes")

@@ -422,3 +422,17 @@ def closed_port_url() -> str:
     port = s.getsockname()[1]
     s.close()
     return f"http://127.0.0.1:{port}"
+
+
+# -- hand-crafted image descriptors (pipeline/data/handcrafted.py) ----------------------------------
+
+
+def write_descriptor_matrix(path: Path, n_rows: int, dim: int, seed: int, integer: bool) -> np.ndarray:
+    """A whitespace-separated text matrix, one line per image, as the descriptor releases lay it out
+    (NUS-WIDE's BoW_int.dat: integer counts separated by spaces, a trailing space on every line)."""
+    rng = np.random.default_rng(seed)
+    m = rng.poisson(0.7, (n_rows, dim)).astype(np.float32) if integer else rng.standard_normal((n_rows, dim)).astype(np.float32)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fmt = (lambda v: str(int(v))) if integer else (lambda v: repr(float(v)))
+    path.write_text("".join(" ".join(fmt(v) for v in row) + " \n" for row in m))
+    return m

@@ -143,6 +143,43 @@ def test_seph_codes_decrease_psi_and_separate_classes():
     assert ham[same].mean() < 0.5 * ham[~same].mean()
 
 
+def _psi_direct(h_flat, p, bits, alpha_eff):
+    """Psi and its gradient by the direct formula, fresh arrays every call (SePH's objective before its
+    workspace version; the same floating-point operations in the same order)."""
+    n = p.shape[0]
+    h = h_flat.reshape(n, bits)
+    sq = (h * h).sum(1)
+    num = np.maximum(sq[:, None] + sq[None, :] - 2.0 * (h @ h.T), 0.0) * 0.25 + 1.0
+    num = 1.0 / num
+    np.fill_diagonal(num, 0.0)
+    q = np.maximum(num / num.dtype.type(num.sum(dtype=np.float64)), np.finfo(num.dtype).tiny)
+    mask = p > 0
+    pm = p[mask].astype(np.float64)
+    kl = float((pm * (np.log(pm) - np.log(q[mask].astype(np.float64)))).sum())
+    dev = np.abs(h) - 1.0
+    big_l = (q - p) * num
+    grad = (big_l @ h) - big_l.sum(1)[:, None] * h + 2.0 * alpha_eff * dev * np.sign(h)
+    return kl + alpha_eff * float((dev * dev).sum()), grad.ravel().astype(h.dtype)
+
+
+def test_seph_codes_identical_to_the_direct_formula(monkeypatch):
+    """The KL step's speed-up (constants of P once, reused buffers) changes no bit of its result."""
+    _, _, _, labels = small_case(9, n=70)
+    fast_h, fast_hist = seph.seph_codes(labels, 16, 0.01, 60, np.random.default_rng(3))
+
+    class Direct:
+        def __init__(self, p, bits, alpha_eff):
+            self.args = (p, bits, alpha_eff)
+
+        def __call__(self, h_flat):
+            return _psi_direct(h_flat, *self.args)
+
+    monkeypatch.setattr(seph, "KLObjective", Direct)
+    ref_h, ref_hist = seph.seph_codes(labels, 16, 0.01, 60, np.random.default_rng(3))
+    assert ref_h.dtype == np.float32 and np.array_equal(fast_h, ref_h) and fast_hist == ref_hist
+    assert np.array_equal(sign_pm1(fast_h), sign_pm1(ref_h))
+
+
 def test_seph_klr_matches_an_independent_solver():
     rng, x, _, labels = small_case(7, n=30)
     anchors = kmeans(x, 5, rng, 50)

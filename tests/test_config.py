@@ -187,7 +187,7 @@ def test_hashbench_list_shows_variants_with_their_changes(capsys):
     assert main(["--params", str(REPO / "params.yaml"), "list"]) == 0
     out = capsys.readouterr().out
     assert "variants (registered next to their method; params.yaml methods.<name> may add or override):" in out
-    assert "crh-u            = crh with reassign=False  [code]  CRH-U ablation" in out
+    assert "crh-u            = crh with reassign=False, multi_head=False  [code]  CRH-U ablation" in out
     assert "mfpmc-base       = mfpmc with imfm=False, tmfm=False, lfpmc=False" in out
 
 
@@ -203,6 +203,7 @@ def test_variants_registered_in_code_resolve_and_take_params_yaml_overrides(tmp_
     p["suites"]["demo-digits"]["method_params"] = {}
     t = {x.name: x for x in expand_suite(load_params(write_params(tmp_path, p)), "demo-digits") if x.bits == 16 and x.seed == 0}
     assert t["crh-u"].method == "crh" and t["crh-u"].method_params["reassign"] is False and t["crh-u"].method_params["margin"] == 0.25
+    assert t["crh-u"].method_params["multi_head"] is False  # CRH-U = CRH-M without reassignment (CRH article)
     assert t["crh-m"].method_params["multi_head"] is False and t["crh-m"].method_params["reassign"] is True
     assert t["crh"].method_params["reassign"] is True
 

@@ -70,11 +70,15 @@ def same_bytes(a: Path, b: Path) -> None:
         assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
 
 
-def check_split(ds: PreparedDataset, protocol: str, counts: dict) -> None:
+def check_split(ds: PreparedDataset, protocol: str, counts: dict, *, train_in_database: bool = True) -> None:
     s = ds.split(protocol)
     assert s.counts() == counts, protocol
     assert np.intersect1d(s.query, s.database).size == 0 and np.intersect1d(s.query, s.train).size == 0
-    assert np.setdiff1d(s.train, s.database).size == 0
+    if train_in_database:
+        assert np.setdiff1d(s.train, s.database).size == 0
+    else:  # ADIH's "the rest is the retrieval set": the three parts are disjoint and cover every item
+        assert np.intersect1d(s.train, s.database).size == 0
+        assert len(s.query) + len(s.train) + len(s.database) == ds.manifest["n_items"]
 
 
 # -- MIRFlickr-25K ------------------------------------------------------------------------------------
@@ -113,7 +117,7 @@ def test_mirflickr_fetch_resume_prepare_deterministic(www, tmp_path):
     assert ds.modality("image").shape == (len(kept), 3, 16, 16)
     n = len(kept)
     check_split(ds, "dcmh", {"query": 6, "train": 10, "database": n - 6})
-    check_split(ds, "adih", {"query": 9, "train": 12, "database": n - 9})
+    check_split(ds, "adih", {"query": 9, "train": 12, "database": n - 9 - 12}, train_in_database=False)
 
     spec.prepare(params, raw, tmp_path / "again")
     same_bytes(out, tmp_path / "again")
@@ -199,7 +203,7 @@ def test_coco_fetch_prepare(www, tmp_path):
 def test_nuswide_manual_placement_then_prepare(tmp_path):
     spec = get_dataset("nuswide")
     raw = tmp_path / "raw"
-    params = spec.Params(image_size=10, n_concepts=4, dcmh={"query": 6, "train": 12}, adih={"query": 5, "train": 10},
+    params = spec.Params(image_size=10, n_concepts=4, dcmh={"query": 6, "train": 12}, adih={"query_fraction": 0.1, "train": 10},
                          dpsh_query_per_class=2, dpsh_train_per_class=3)
     with pytest.raises(DataError) as err:
         spec.fetch(params, raw)
@@ -223,8 +227,11 @@ def test_nuswide_manual_placement_then_prepare(tmp_path):
     np.testing.assert_array_equal(ds.modality("text").toarray(), info["tags"][kept])
     check_split(ds, "dcmh", {"query": 6, "train": 12, "database": n - 6})
     tagged = np.flatnonzero(info["tags"][kept].sum(1) > 0)
-    check_split(ds, "adih", {"query": 5, "train": 10, "database": len(tagged) - 5})
-    assert np.isin(ds.split("adih").database, tagged).all()
+    s = ds.split("adih")
+    nq = int(round(0.1 * len(tagged)))
+    assert nq >= 2 and s.counts() == {"query": nq, "train": 10, "database": len(tagged) - nq - 10}
+    assert np.intersect1d(s.train, s.database).size == 0 and np.intersect1d(s.query, s.train).size == 0
+    assert np.array_equal(np.sort(np.concatenate([s.query, s.train, s.database])), tagged)
     check_split(ds, "dpsh", {"query": 8, "train": 12, "database": n - 8})
     assert (ds.labels[ds.split("dpsh").query].sum(0) >= 2).all()
     # an image goes missing: fetch fails naming it, unless dropping is allowed
@@ -235,6 +242,24 @@ def test_nuswide_manual_placement_then_prepare(tmp_path):
     spec.fetch(relaxed, raw)
     spec.prepare(relaxed, raw, tmp_path / "prep2")
     assert PreparedDataset(tmp_path / "prep2").manifest["n_items"] == n - 1
+
+
+def test_adih_protocols_have_paper_003s_sizes():
+    """Paper 003 (datasets paragraph): NUS-WIDE 186,577 pairs, 5,000 train, 1% (~1,866) test, the rest the
+    retrieval set; MIRFlickr 10,000 train, 5,000 test, the rest (of our 20,015 DCMH pairs: 5,015)."""
+    nus, mir = get_dataset("nuswide").Params().adih, get_dataset("mirflickr25k").Params().adih
+    for sizes, n, expected in ((nus, 186_577, (1_866, 5_000, 179_711)), (mir, 20_015, (5_000, 10_000, 5_015))):
+        s = sizes.draw(n, 7, where="datasets.x.adih")
+        assert (len(s.query), len(s.train), len(s.database)) == expected
+        s.check(n)  # disjoint parts (train_in_database False)
+        assert np.array_equal(np.sort(np.concatenate([s.query, s.train, s.database])), np.arange(n))
+    # DCMH's convention on request: the training pairs go back into the database
+    s = mir.model_copy(update={"database": "with_train"}).draw(20_015, 7, where="datasets.x.adih")
+    assert (len(s.query), len(s.train), len(s.database)) == (5_000, 10_000, 15_015) and np.isin(s.train, s.database).all()
+    with pytest.raises(DataError, match=r"datasets.x.adih"):
+        mir.draw(14_000, 0, where="datasets.x.adih")
+    with pytest.raises(ValueError, match="exactly one of query and query_fraction"):
+        type(mir)(query=10, query_fraction=0.1, train=5)
 
 
 # -- NABirds (license-gated) ------------------------------------------------------------------------
@@ -362,7 +387,7 @@ datasets:
     image_size: 224
     n_concepts: 21
     dcmh: {query: 2100, train: 10500}
-    adih: {query: 2100, train: 10500}
+    adih: {query_fraction: 0.01, train: 5000}
     dpsh_query_per_class: 100
     dpsh_train_per_class: 500
   coco:

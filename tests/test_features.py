@@ -14,6 +14,7 @@ import torch
 
 from pipeline.core.errors import ConfigError, DataError, MethodError
 from pipeline.data import features as FE
+from pipeline.data.registry import get_dataset
 from pipeline.data import weights as W
 from pipeline.data.download import LOCK_ENV, RemoteFile
 from pipeline.data.formats import ModalityData, PreparedDataset, write_prepared
@@ -225,9 +226,12 @@ def test_dvc_feature_stages_cover_every_feature_suite(repo_params):
 
     dvc = yaml.safe_load((Path(__file__).resolve().parents[1] / "dvc.yaml").read_text())
     stages = dvc["stages"]["features"]["foreach"]
+    handcrafted = dvc["stages"]["handcrafted"]["foreach"]
     for name, s in repo_params["suites"].items():
         if "+" in s["dataset"]:
-            assert s["dataset"] in stages, f"suite {name}: no features@{s['dataset']} stage in dvc.yaml"
+            assert s["dataset"] in stages or s["dataset"] in handcrafted, f"suite {name}: no features@ or handcrafted@{s['dataset']} stage in dvc.yaml"
+    for key, item in handcrafted.items():
+        assert key == get_dataset(item["dataset"]).handcrafted[item["feature"]].dataset_name(item["dataset"])
     for key, item in stages.items():
         assert key == FE.feature_dataset_name(item["dataset"], item["backbone"])
         assert W.get_weights(item["weights"]).architecture == item["backbone"]

@@ -2,9 +2,10 @@
 
 * :func:`cosine_margin_ce` -- the cosine-similarity margin cross-entropy used by OrthoHash (Hoe et al.,
   NeurIPS 2021, Sec. 3: ``logits_j = s * (cos(v, c_j) - m * y_j)``, softmax CE for single-label) and
-  adopted by CRH as its "margin cross-entropy" to the assigned centres. Multi-label: ``multi="bce"``
-  (OrthoHash's multi-label variant, sigmoid BCE on the margin logits) or ``multi="softmax"``
-  (soft-target softmax CE with targets ``y / sum(y)``).
+  adopted by CRH as its "margin cross-entropy" to the assigned centres. Multi-label: ``multi="softmax"``
+  (soft-target softmax CE with targets ``y / sum(y)``: the official OrthoHash code's default,
+  ``multiclass_loss='label_smoothing'``) or ``multi="bce"`` (its ``bce`` option: sigmoid BCE on the
+  margin logits, mean over items and classes as the code's ``binary_cross_entropy_with_logits().mean()``).
 * :func:`sample_codebook` -- M candidate centres in {-1,+1}^K: best of ``tries`` seeded Bernoulli(0.5)
   draws, scored by the smallest per-head minimum pairwise Hamming distance (the whole code when
   ``heads == 1``); returns the codebook and the distances it achieves so callers can verify the claim.
@@ -37,7 +38,7 @@ def cosine_margin_ce(
     y = labels.to(v.dtype)
     logits = scale * (cos - margin * y)
     if multi == "bce":
-        return F_.binary_cross_entropy_with_logits(logits, y, reduction="none").sum(dim=1).mean()
+        return F_.binary_cross_entropy_with_logits(logits, y)  # mean over the B x C elements (kamwoh/orthohash)
     if multi != "softmax":
         raise ValueError(f"multi must be 'softmax' or 'bce', got {multi!r}")
     t = y / y.sum(dim=1, keepdim=True).clamp_min(1)

@@ -139,6 +139,35 @@ def matrix_objective(
     )
 
 
+# -- mini-batch weighting of eq. (15) ----------------------------------------------------------------
+SUM_TERMS = ("j1", "j2", "j4", "j5")
+MEAN_TERMS = ("lfpmc", "adversarial")
+
+
+def batch_term_scales(normalize: str, n: int, batch: int) -> dict[str, float]:
+    """The factor on each term's mini-batch value in the network-phase loss (the one place MFPMC normalises).
+
+    The mini-batch values: J1 = the likelihood of the batch's images against all n stored texts plus the
+    batch's texts against all n stored images, plus the balance term at the full-set estimate of H 1; J2,
+    J4, J5 = the batch items' sums. Each gives the batch items exactly the per-item gradients of the
+    full-set sums of eqs. (10)-(14). L_p and L_adv are the printed means (eqs. 1, 7) over the batch.
+
+    * ``paper``: the batch estimate of eq. (15)'s J divided by n: the sums times n/B (the SGD estimate of
+      the full sums) and the means as they are, all divided by n: sums 1/B, means 1/n. J1 : J2 : J4 : J5
+      then weigh as the paper's sums, and L_p, L_adv as the paper's means beside them.
+    * ``mean`` (HashBench before 2026-12): J1 by B n, J2/J4/J5 by B, the means as they are. This weighs
+      J1 n times less against J2/J4/J5 than the paper and L_p n times more against all of them.
+    * ``none``: the batch values unscaled (sums of order B n for J1).
+    """
+    if normalize == "paper":
+        return {**{t: 1.0 / batch for t in SUM_TERMS}, **{t: 1.0 / n for t in MEAN_TERMS}}
+    if normalize == "mean":
+        return {"j1": 1.0 / (batch * n), **{t: 1.0 / batch for t in SUM_TERMS[1:]}, **{t: 1.0 for t in MEAN_TERMS}}
+    if normalize == "none":
+        return {t: 1.0 for t in SUM_TERMS + MEAN_TERMS}
+    raise ValueError(f"normalize must be 'paper', 'mean' or 'none', got {normalize!r}")
+
+
 # -- closed-form updates (Sec. 2.5) -------------------------------------------------------------------
 def solve_w(hx: torch.Tensor, hy: torch.Tensor, labels: torch.Tensor, beta: float) -> torch.Tensor:
     """argmin_W of J2 (eq. 11): ``W = (H^x H^xT + H^y H^yT + beta I)^-1 (H^x + H^y) L^T`` (paper's columns); (r, c), float64 solve."""

@@ -8,6 +8,7 @@ cross-checking of params.yaml. Everything public is re-exported here.
 from pipeline.config.model import (
     DEFAULT_PARAMS,
     ClassGroupsConfig,
+    CodeLayerConfig,
     EvalConfig,
     IncrementalSuiteConfig,
     IncrementalTrial,

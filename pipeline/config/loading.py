@@ -99,7 +99,8 @@ def check_params(params: Params) -> None:
         if name not in known_datasets:
             raise ConfigError(f"{src}: datasets.{name}: unknown dataset {name!r}; available: {', '.join(known_datasets)}")
         params.dataset_params(name)
-    for name, block in params.methods.items():
+    # registered methods' blocks first, so an error in a method's block is reported there, not in a variant that inherits it
+    for name, block in sorted(params.methods.items(), key=lambda kv: kv[0] not in known_methods):
         if block is not None and not isinstance(block, Mapping):
             raise ConfigError(f"{src}: methods.{name}: expected a mapping of hyperparameters, got {block!r}")
         impl = (block or {}).get("method")
@@ -165,10 +166,12 @@ def _check_feature_suite(params: Params, sname: str, suite, base: str, backbone:
     from pipeline.data.weights import DEFAULT_WEIGHTS
 
     where = f"{params.source}: suites.{sname}"
-    if backbone not in DEFAULT_WEIGHTS:
+    handcrafted = get_dataset(base).handcrafted  # <dataset>+<hand-crafted descriptor> (pipeline/data/handcrafted.py)
+    if backbone not in DEFAULT_WEIGHTS and backbone not in handcrafted:
         raise ConfigError(
             f"{where}.dataset: {suite.dataset!r} names backbone {backbone!r}, which has no weights entry; "
             f"feature backbones: {', '.join(sorted(DEFAULT_WEIGHTS))}"
+            + (f"; hand-crafted features of {base!r}: {', '.join(handcrafted)}" if handcrafted else "")
         )
     for i, m in enumerate(suite.methods):
         cls = get_method_class(params.implementation(m))

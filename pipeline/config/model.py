@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Literal, Mapping
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer
 
 from pipeline.core.errors import ConfigError
 from methods.registry import available_variants
@@ -220,6 +220,20 @@ class ClassGroupsConfig(_Strict):
         return v
 
 
+class CodeLayerConfig(_Strict):
+    """Paper 000's code layer (Sec. 4.2), applied to stored codes by the evaluate stage
+    (:mod:`pipeline.eval.codelayer`): bits ordered by importance on the training codes, a segmented
+    multi-index (Norouzi et al.) probed in a learned order under a per-query budget, served top-``k``."""
+
+    k: int = Field(100, ge=1, description="neighbours served per query: mAP@k, NDCG@k and recall@k of the served list")
+    segments: int | None = Field(None, ge=1, description="multi-index substrings m (null: max(1, round(K / log2 N)), Norouzi et al. 2014)")
+    target_recall: float = Field(0.9, gt=0, le=1, description="offline: the probe radius is the smallest covering this share of relevant training pairs")
+    candidate_factor: float = Field(4.0, gt=0, description="per query: probing stops once candidate_factor * k distinct candidates are found")
+    max_buckets: int | None = Field(None, ge=1, description="per-query cap on probed buckets over all tables (null: only the radius limits)")
+    latency_queries: int = Field(200, ge=1)
+    max_train_pairs: int = Field(5_000_000, ge=100, description="training pairs for the offline statistics (all pairs among up to sqrt(this) seeded items)")
+
+
 class EvalConfig(_Strict):
     """Evaluation settings; the conventions are logged with every number."""
 
@@ -230,6 +244,15 @@ class EvalConfig(_Strict):
     random_baseline: bool = True
     index: IndexConfig = IndexConfig()
     class_groups: ClassGroupsConfig = ClassGroupsConfig()
+    code_layer: CodeLayerConfig | None = Field(None, description="paper 000's code layer on the stored codes (evaluate stage only; null: off)")
+
+    @model_serializer(mode="wrap")
+    def _without_unset_code_layer(self, handler):
+        # code_layer: null is left out of the dump, so evaluation keys of settings without it are unchanged
+        data = handler(self)
+        if isinstance(data, dict) and data.get("code_layer") is None:
+            data.pop("code_layer", None)
+        return data
 
     @field_validator("topk")
     @classmethod

@@ -108,7 +108,7 @@ def resolve_trial(params: Params, req: TrialRequest) -> TrialSpec:
         mp, train = apply_tuned(params, req.dataset, req.method, req.bits, req.method_override, train)
     else:
         mp = method_params(params, req.method, req.method_override, where=f"{where}.method_params.{req.method}" if req.method_override else None)
-    eval_cfg = validate_model(EvalConfig, deep_merge(params.eval.model_dump(), req.eval_override), f"{where}.eval", src)
+    eval_cfg = validate_model(EvalConfig, with_paper_cutoff(deep_merge(params.eval.model_dump(), req.eval_override), ds, protocol), f"{where}.eval", src)
     return TrialSpec(
         suite=req.label,
         dataset=req.dataset,
@@ -124,6 +124,16 @@ def resolve_trial(params: Params, req: TrialRequest) -> TrialSpec:
         eval=eval_cfg,
         code_sha256=code_hash(impl),
     )
+
+
+def with_paper_cutoff(eval_block: dict[str, Any], ds, protocol: str) -> dict[str, Any]:
+    """``eval_block`` with the protocol's paper cut-off (:meth:`pipeline.data.registry.DatasetSpec.map_cutoff`,
+    e.g. mAP@5000 on NUS-WIDE's ``dpsh``) added to ``topk``, so it is always reported beside mAP@all."""
+    k = ds.map_cutoff(protocol).k
+    topk = list(eval_block.get("topk") or [])
+    if k is None or k in topk:
+        return eval_block
+    return {**eval_block, "topk": [*topk, k]}
 
 
 def suite_requests(params: Params, suite_name: str) -> list[TrialRequest]:

@@ -47,7 +47,7 @@ from pipeline.data.formats import ModalityData, write_prepared
 from pipeline.data.images import ImageDatasetParams, pixel_memmap
 from pipeline.data.longtail import derive_seed
 from pipeline.data.mirflickr25k import SplitSizes
-from pipeline.data.registry import DatasetSpec, register_dataset
+from pipeline.data.registry import MAP_5000_NUS_COCO, DatasetSpec, register_dataset
 from pipeline.data.splits import query_database_split
 from pipeline.core.errors import DataError
 
@@ -112,6 +112,7 @@ class Coco(DatasetSpec):
     modalities = ("image", "text")
     protocols = ("hashnet", "crossmodal")
     default_protocol = "hashnet"
+    map_cutoffs = {"hashnet": MAP_5000_NUS_COCO}  # crossmodal: mAP@all (the cross-modal papers' convention)
     multi_label = True
     Params = CocoParams
     citation = "Lin et al., Microsoft COCO, ECCV 2014; protocol: Cao et al., HashNet, ICCV 2017"

@@ -14,6 +14,18 @@ distributed on request (or re-crawled from the Flickr URLs), so everything is pl
 * ``NUS_WID_Tags/AllTags1k.txt``: one line per image, 1,000 whitespace-separated 0/1 values (the 1,000
   most frequent tags); ``NUS_WID_Tags/TagList1k.txt`` (optional): the 1,000 tag names.
 
+Optional, for the classic baselines (hand-crafted features, :mod:`pipeline.data.handcrafted`): the
+official 500-d bag of visual words on SIFT descriptors of the NUS-WIDE "Low-Level Features" release
+(``NUS_WID_Low_Level_Features.rar`` on the same page), unpacked:
+
+* ``Low_Level_Features/BoW_int.dat``: 269,648 lines of 500 whitespace-separated integer counts, one line
+  per image of the image list (the layout the hashing papers' loaders read: ``load('BoW_int.dat')``;
+  the release's other files, ``Normalized_CH.dat`` ... ``Normalized_WT.dat``, are colour/texture
+  descriptors and are not used). When it is present, ``prepare`` also writes ``nuswide+sift-bow500``
+  (the items, labels, tags and splits of ``nuswide``; image = the 500-d counts as float32), the input
+  MFPMC states for its shallow baselines (Sec. 3.1: "each image is represented by a 500-d bag of visual
+  words"). Uncertain: the release is a RAR archive, so it is placed unpacked by hand like the rest.
+
 No checksums are published: ``fetch`` records the sha256 of the metadata files in the lock at first use
 and checks every listed image is present (images are not hashed: 269,648 files).
 (Uncertain: the exact file names of the tag list inside ``NUS_WID_Tags``; only ``AllTags1k.txt`` is
@@ -29,8 +41,16 @@ Protocols (``split_seed`` draws them; sizes are parameters):
 
 * ``dcmh`` (default, cross-modal; Jiang & Li, DCMH, CVPR 2017; MFPMC: 195,834 pairs): 2,100 random
   queries, the rest the database (193,734), 10,500 training pairs drawn from the database.
-* ``adih`` (cross-modal): as ``dcmh`` on the pairs that also have at least one of the 1,000 tags (ADIH
-  reports 186,577 pairs; that the difference is the tag-less pairs is our reading, not stated).
+* ``adih`` (cross-modal; Zhou, Xu, Zheng, Xie, ADIH, ``shared/papers/003``, experiments, datasets
+  paragraph, line 102 of the copy: the 21 most frequent concepts, 186,577 text-image pairs, "5,000
+  random samples as the training set, 1% of the data (about 1,866) as the test set, the rest as the
+  retrieval set"): on the pairs that also have at least one of the 1,000 tags, ``query_fraction`` 0.01
+  of them as queries (rounded: 1,866 of 186,577), 5,000 training pairs, both random and disjoint, and the
+  remaining pairs the database (``adih.database: rest``, the paper's words; 179,711 of 186,577;
+  ``with_train`` puts the training pairs back into the database, DCMH's convention). Where our copy
+  may differ: that the paper's 186,577 (vs 195,834 with >= 1 concept) are the tagged pairs is our
+  reading, not stated; the paper's Table 1 (original / incremental split, 11 / 10 classes for "more new
+  than old") is not in our copy.
 * ``dpsh`` (image hashing; Li, Wang, Kang, DPSH, IJCAI 2016, and most deep image hashing papers):
   100 queries per concept (2,100), the rest the database (193,734), 500 training images per concept
   drawn from the database (10,500). Per-concept draws go concept by concept over items not yet drawn.
@@ -48,10 +68,11 @@ from pydantic import Field, model_validator
 
 from pipeline.data.download import ChecksumLock, RemoteFile, manual_placement_error, read_verified_record, record_fetch, verify_file
 from pipeline.data.formats import ModalityData, write_prepared
+from pipeline.data.handcrafted import HandcraftedFeature, fetched_feature, read_matrix, write_handcrafted
 from pipeline.data.images import ImageDatasetParams, pixel_memmap
 from pipeline.data.longtail import derive_seed, per_class_sample
-from pipeline.data.mirflickr25k import SplitSizes
-from pipeline.data.registry import DatasetSpec, register_dataset
+from pipeline.data.mirflickr25k import AdihSizes, SplitSizes
+from pipeline.data.registry import MAP_5000_NUS_COCO, DatasetSpec, MapCutoff, register_dataset
 from pipeline.data.splits import Split, query_database_split
 from pipeline.core.errors import DataError
 
@@ -64,6 +85,13 @@ TAGS = "NUS_WID_Tags/AllTags1k.txt"
 TAG_NAMES = "NUS_WID_Tags/TagList1k.txt"
 IMAGE_DIR = "Flickr"
 N_CONCEPTS = 81
+N_WORDS = 500
+HANDCRAFTED = {
+    "sift-bow500": HandcraftedFeature(
+        "sift-bow500", "Low_Level_Features/BoW_int.dat", N_WORDS,
+        "NUS-WIDE Low-Level Features: 500-d bag of visual words on SIFT descriptors (BoW_int.dat), counts",
+    ),
+}
 _LABEL_FILE = re.compile(r"^Labels_(.+)\.txt$")
 
 EXPECTED = [
@@ -71,13 +99,14 @@ EXPECTED = [
     RemoteFile(f"{LABEL_DIR}/Labels_<concept>.txt", None, description="81 concept files (one 0/1 per image), from Groundtruth.zip"),
     RemoteFile(TAGS, None, description="1,000-d binary tag vectors, one line per image, from NUS_WID_Tags.zip"),
     RemoteFile(f"{IMAGE_DIR}/<folder>/<nnnn_photoid>.jpg", None, description="the images (distributed on request by NUS; folder 'Flickr' of the image archive)"),
+    RemoteFile(HANDCRAFTED["sift-bow500"].path, None, description="optional: 500-d SIFT bag of visual words, one line per image (NUS_WID_Low_Level_Features.rar, unpacked)"),
 ]
 
 
 class NuswideParams(ImageDatasetParams):
     n_concepts: int = Field(21, ge=1, le=N_CONCEPTS)
     dcmh: SplitSizes = SplitSizes(query=2100, train=10500)
-    adih: SplitSizes = SplitSizes(query=2100, train=10500)
+    adih: AdihSizes = AdihSizes(query_fraction=0.01, train=5000)
     dpsh_query_per_class: int = Field(100, ge=1)
     dpsh_train_per_class: int = Field(500, ge=1)
     allow_missing_images: bool = Field(False, description="drop items whose image file is absent instead of failing (counts then differ from the papers)")
@@ -145,7 +174,13 @@ class Nuswide(DatasetSpec):
     default_protocol = "dcmh"
     multi_label = True
     Params = NuswideParams
-    citation = "Chua et al., NUS-WIDE, CIVR 2009; protocols: Jiang & Li, DCMH, CVPR 2017; Li et al., DPSH, IJCAI 2016"
+    handcrafted = HANDCRAFTED
+    map_cutoffs = {
+        "dcmh": MapCutoff(None, "mAP@all: DCMH (CVPR 2017) and MFPMC (paper 001, Sec. 3.2) rank the whole retrieval set (no cut-off stated)"),
+        "adih": MapCutoff(None, "mAP@all: paper 003 states no cut-off; its baselines' code (DCMH) ranks the whole retrieval set"),
+        "dpsh": MAP_5000_NUS_COCO,
+    }
+    citation = "Chua et al., NUS-WIDE, CIVR 2009; protocols: Jiang & Li, DCMH, CVPR 2017; Li et al., DPSH, IJCAI 2016; Zhou et al., ADIH (paper 003)"
 
     def _manual(self, raw_dir: Path, problem: str) -> DataError:
         return manual_placement_error(
@@ -170,6 +205,7 @@ class Nuswide(DatasetSpec):
         metadata = [IMAGE_LIST, TAGS] + [f"{LABEL_DIR}/{p.name}" for _, p in concepts]
         if (raw_dir / TAG_NAMES).is_file():
             metadata.append(TAG_NAMES)
+        metadata += [f.path for f in HANDCRAFTED.values() if (raw_dir / f.path).is_file()]
         lock = ChecksumLock()
         new = [rel for rel in metadata if not lock.get(self.name, rel)]
         for rel in metadata:
@@ -187,9 +223,9 @@ class Nuswide(DatasetSpec):
             log.warning("%s; they will be dropped (allow_missing_images)", msg)
         record_fetch(raw_dir, self.name, files, source=f"manual placement ({PAGE}); {len(paths) - len(missing)} images present")
 
-    def prepare(self, params: NuswideParams, raw_dir: Path, out_dir: Path) -> None:
-        raw_dir = Path(raw_dir)
-        record = read_verified_record(raw_dir, self.name)
+    @staticmethod
+    def _items(params: NuswideParams, raw_dir: Path) -> tuple[list[str], list[str], np.ndarray, np.ndarray]:
+        """(image paths, concept names, kept rows of the image list, their labels)."""
         paths = image_paths(raw_dir / IMAGE_LIST)
         n_all = len(paths)
         concepts = concept_files(raw_dir)
@@ -205,8 +241,23 @@ class Nuswide(DatasetSpec):
                 raise DataError(f"{raw_dir / IMAGE_DIR}: {int((~present[has_label]).sum())} images are missing; fetch again or set allow_missing_images")
             log.warning("nuswide: dropping %d items without an image file", int((~present[has_label]).sum()))
         kept = np.flatnonzero(has_label & present)
+        return paths, names, kept, all_labels[kept][:, top]
+
+    def prepare_handcrafted(self, params: NuswideParams, raw_dir: Path, out_dir: Path, name: str, *, kept: np.ndarray | None = None) -> Path:
+        """Write ``nuswide+<name>`` beside the prepared ``out_dir`` from the raw descriptor file (see the module docstring)."""
+        raw_dir = Path(raw_dir)
+        feature, sha = fetched_feature(self.name, HANDCRAFTED, raw_dir, name)
+        if kept is None:
+            kept = self._items(params, raw_dir)[2]
+        n_all = len(image_paths(raw_dir / IMAGE_LIST))
+        return write_handcrafted(out_dir, feature, read_matrix(raw_dir / feature.path, n_all, feature.dim)[kept], sha)
+
+    def prepare(self, params: NuswideParams, raw_dir: Path, out_dir: Path) -> None:
+        raw_dir = Path(raw_dir)
+        record = read_verified_record(raw_dir, self.name)
+        paths, names, kept, labels = self._items(params, raw_dir)
+        n_all = len(paths)
         n = len(kept)
-        labels = all_labels[kept][:, top]
         tags_all = read_binary_matrix(raw_dir / TAGS, n_all, 1000)
         text = sp.csr_matrix(tags_all[kept], dtype=np.float32)
         del tags_all
@@ -217,11 +268,9 @@ class Nuswide(DatasetSpec):
         splits["dcmh"] = query_database_split(n, s.query, derive_seed(params.split_seed, "dcmh"), n_train=s.train)
         notes["dcmh"] = f"DCMH/MFPMC: {n} pairs with >= 1 of the {params.n_concepts} most frequent concepts; {s.query} random queries, database = the rest, {s.train} training pairs from the database"
         tagged = np.flatnonzero(np.diff(text.indptr) > 0)
-        s = params.adih
-        self._check(len(tagged), s, "adih")
-        sub = query_database_split(len(tagged), s.query, derive_seed(params.split_seed, "adih"), n_train=s.train)
-        splits["adih"] = Split(query=tagged[sub.query], train=tagged[sub.train], database=tagged[sub.database])
-        notes["adih"] = f"ADIH: the {len(tagged)} pairs that also have >= 1 of the 1,000 tags; {s.query} random queries, database = the rest, {s.train} training pairs from the database"
+        sub = params.adih.draw(len(tagged), derive_seed(params.split_seed, "adih"), where="datasets.nuswide.adih")
+        splits["adih"] = Split(query=tagged[sub.query], train=tagged[sub.train], database=tagged[sub.database], train_in_database=sub.train_in_database)
+        notes["adih"] = f"ADIH (paper 003): the {len(tagged)} pairs that also have >= 1 of the 1,000 tags (the paper: 186,577); {params.adih.describe(len(tagged))}"
         query = per_class_sample(labels, params.dpsh_query_per_class, derive_seed(params.split_seed, "dpsh/query"), what="items")
         database = np.setdiff1d(np.arange(n), query).astype(np.int64)
         train = per_class_sample(labels, params.dpsh_train_per_class, derive_seed(params.split_seed, "dpsh/train"), candidates=database, what="database items")
@@ -240,6 +289,9 @@ class Nuswide(DatasetSpec):
                 params={**params.model_dump(mode="json"), "text_vocabulary": tag_names if tag_names and len(tag_names) == 1000 else None},
                 protocol_notes=notes,
             )
+        for name, feature in HANDCRAFTED.items():
+            if feature.path in record["files"]:
+                self.prepare_handcrafted(params, raw_dir, out_dir, name, kept=kept)
 
     @staticmethod
     def _check(n: int, s: SplitSizes, proto: str) -> None:

@@ -37,6 +37,7 @@ from pipeline.config.model import canonical_hash
 from pipeline.config import EvalConfig
 from pipeline.core.errors import HashBenchError
 from pipeline.data.formats import PreparedDataset
+from pipeline.eval.codelayer import evaluate_code_layer, training_rows
 from pipeline.eval.evaluate import direction_name, retrieval_directions
 from pipeline.eval.metrics import evaluate_retrieval
 
@@ -44,6 +45,7 @@ log = logging.getLogger(__name__)
 
 SCHEMA = 1
 PARTS = ("query", "database")
+CODE_VIEW = "code"
 
 
 def spec_eval_key(eval_cfg: EvalConfig) -> str:
@@ -70,6 +72,7 @@ class Convention:
         """``base`` with this cut-off and tie rule (other settings, e.g. the AP@K normalisation, kept)."""
         data = base.model_dump(mode="json")
         data.update(topk=[self.cutoff] if self.cutoff else [], ties=self.ties, random_baseline=False)
+        data.pop("code_layer", None)  # the code layer is its own view ("code"), not part of a paper convention
         return EvalConfig.model_validate(data)
 
 
@@ -111,6 +114,12 @@ def split_labels(prepared_root: Path, protocol: str) -> tuple[np.ndarray, np.nda
     split = ds.split(protocol)
     labels = np.asarray(ds.labels)
     return labels[split.query], labels[split.database]
+
+
+def split_training_rows(prepared_root: Path, protocol: str) -> np.ndarray:
+    """Positions of a protocol's training items among its database items (the code layer's training codes)."""
+    split = PreparedDataset(prepared_root).split(protocol)
+    return training_rows(split.train, split.database)
 
 
 def stored_directions(codes: dict[str, dict[str, np.ndarray]]) -> list[tuple[str, str]]:
@@ -179,10 +188,14 @@ def evaluate_trials(
     conventions: list[Convention],
     load_codes: Callable[[str], dict[str, dict[str, np.ndarray]]],
     load_labels: Callable[[str, str], tuple[np.ndarray, np.ndarray]],
+    load_train_rows: Callable[[str, str], np.ndarray] | None = None,
 ) -> EvaluateSummary:
     """Evaluate every trial under its profile settings and each convention; reuse stored keys; write ``out_path``.
 
-    ``load_codes(run_id)`` and ``load_labels(dataset, protocol)`` are injected so tests need no MLflow."""
+    ``load_codes(run_id)`` and ``load_labels(dataset, protocol)`` are injected so tests need no MLflow.
+    A trial whose settings have ``code_layer`` also gets the view ``code`` (paper 000's code layer,
+    :func:`pipeline.eval.codelayer.evaluate_code_layer`), which needs ``load_train_rows(dataset, protocol)``:
+    the positions of the training items among the database codes."""
     t0 = time.perf_counter()
     results = read_results(out_path)
     evaluations, views_out = results["evaluations"], {}
@@ -190,7 +203,11 @@ def evaluate_trials(
     labels_cache: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
     for t in trials:
         views = {"profile": t.eval, **{c.name: c.apply(t.eval) for c in conventions}}
+        if t.eval.code_layer is not None and load_train_rows is not None:
+            views[CODE_VIEW] = t.eval
         keys = {name: spec_eval_key(cfg) for name, cfg in views.items()}
+        if t.eval.code_layer is not None and load_train_rows is not None:
+            keys[CODE_VIEW] = f"{CODE_VIEW}-{spec_eval_key(t.eval)}"
         views_out[t.key] = {"run_id": t.run_id, "views": keys}
         todo = {name: views[name] for name, k in keys.items() if f"{t.key}|{k}" not in evaluations}
         summary.reused += len(keys) - len(todo)
@@ -202,7 +219,12 @@ def evaluate_trials(
         ql, dl = labels_cache[(t.dataset, t.protocol)]
         for name, cfg in todo.items():
             s = time.perf_counter()
-            values, conv = evaluate_stored(codes, ql, dl, cfg)
+            extra = {}
+            if name == CODE_VIEW:
+                values, extra["details"] = evaluate_code_layer(codes, ql, dl, load_train_rows(t.dataset, t.protocol), stored_directions(codes), cfg.code_layer)
+                conv = {"code_layer": "served top-k, ties by database index; see pipeline/eval/codelayer.py"}
+            else:
+                values, conv = evaluate_stored(codes, ql, dl, cfg)
             evaluations[f"{t.key}|{keys[name]}"] = {
                 "trial_key": t.key,
                 "run_id": t.run_id,
@@ -211,6 +233,7 @@ def evaluate_trials(
                 "metrics": values,
                 "conventions": conv,
                 "seconds": time.perf_counter() - s,
+                **extra,
             }
             summary.computed += 1
     results["trials"] = views_out

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import html
 import json
 import math
 from dataclasses import dataclass
@@ -13,15 +12,16 @@ import numpy as np
 import pandas as pd
 
 from pipeline.report.collect import ProfileRuns
+from pipeline.data.registry import get_dataset
 from pipeline.report.compare import published_sections
+from pipeline.report.flags import label_methods, legend_items, method_flags
 from pipeline.report.common import DIRECTION_TITLES, TEMPLATES, environment, write_atomic
 from pipeline.report.incremental import render_incremental
 from pipeline.report.longtail import render_longtail
 from pipeline.report.sensitivity import render_sections
-from pipeline.report.stats import best_vs_runner_up
-
-PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
-
+from pipeline.report.plots import Series, line_svg
+from pipeline.report.references import leakage_table, reference_rows
+from pipeline.report.stats import best_vs_runner_up, correct, t_interval
 
 @dataclass
 class Table:
@@ -30,6 +30,7 @@ class Table:
     columns: list[int]
     rows: list[dict]  # {"method", "cells": [{"text", "best", "top_ns", "n"}]}
     tests: list[str] | None = None  # per column: the best-vs-runner-up test
+    any_bold: bool = False
 
 
 def metric_columns(df: pd.DataFrame, direction: str) -> list[str]:
@@ -57,49 +58,98 @@ def directions_of(df: pd.DataFrame) -> list[str]:
 
 
 def summary_table(df: pd.DataFrame, direction: str, metric: str) -> Table:
-    """method x bits, mean ± std over seeds; the best mean per column is flagged only when Welch's test
-    over seeds separates it from the runner-up (:mod:`pipeline.report.stats`)."""
+    """method x bits, mean ± std over seeds with the 95% t-interval; per column the best mean against the
+    runner-up by a paired test over their shared seeds (:mod:`pipeline.report.stats`), Holm-corrected over the
+    table's columns: bold only where the adjusted p < α."""
     col = f"m:{direction}/{metric}"
     sub = df.dropna(subset=[col])
     bits = sorted(sub["bits"].unique().tolist())
     stats = sub.groupby(["method", "bits"])[col].agg(["mean", "std", "count"])
-    tests = {b: best_vs_runner_up({m: g[col].tolist() for m, g in sub[sub["bits"] == b].groupby("method")}) for b in bits}
+    raw = []
+    for b in bits:
+        groups = dict(tuple(sub[sub["bits"] == b].groupby("method")))
+        seeds = {m: g["seed"].astype(int).tolist() for m, g in groups.items()} if "seed" in sub else None
+        raw.append(best_vs_runner_up({m: g[col].tolist() for m, g in groups.items()}, seeds))
+    tests = dict(zip(bits, correct(raw)))
     rows = []
     for method in sorted(sub["method"].unique()):
         cells = []
         for b in bits:
             if (method, b) not in stats.index:
-                cells.append({"text": "–", "best": False, "n": 0})
+                cells.append({"text": "–", "best": False, "n": 0, "ci": ""})
                 continue
             s = stats.loc[(method, b)]
             std = 0.0 if (isinstance(s["std"], float) and math.isnan(s["std"])) else float(s["std"])
+            ci = t_interval(sub[(sub["method"] == method) & (sub["bits"] == b)][col])
             t = tests[b]
             top = t.best == method
-            cells.append({"text": f"{s['mean']:.4f} ± {std:.4f}", "best": top and t.significant, "top_ns": top and not t.significant and t.runner_up is not None, "n": int(s["count"])})
+            cells.append({"text": f"{s['mean']:.4f} ± {std:.4f}", "best": top and t.significant, "top_ns": top and not t.significant and t.runner_up is not None,
+                          "n": int(s["count"]), "ci": f"[{ci[0]:.4f}, {ci[1]:.4f}]" if ci else ""})
         rows.append({"method": method, "cells": cells})
     table = Table(title=f"{DIRECTION_TITLES.get(direction, direction)}: {metric}", metric=metric, columns=bits, rows=rows)
     table.tests = [f"{b} bits: {tests[b].note()}" for b in bits]
+    table.any_bold = any(t.significant for t in tests.values())
     return table
 
 
-def pr_svg(curves: list[tuple[str, np.ndarray, np.ndarray]], width: int = 360, height: int = 260) -> str:
-    """A small inline SVG of precision (y) against recall (x), one polyline per series."""
-    pad = 36
-    w, h = width - 2 * pad, height - 2 * pad
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img">']
-    parts.append(f'<rect x="{pad}" y="{pad}" width="{w}" height="{h}" fill="none" stroke="#999"/>')
-    for t in (0.0, 0.5, 1.0):
-        parts.append(f'<text x="{pad + t * w:.1f}" y="{height - 10}" font-size="10" text-anchor="middle">{t:.1f}</text>')
-        parts.append(f'<text x="{pad - 6}" y="{pad + (1 - t) * h + 3:.1f}" font-size="10" text-anchor="end">{t:.1f}</text>')
-    parts.append(f'<text x="{pad + w / 2}" y="{height - 1}" font-size="10" text-anchor="middle">recall</text>')
-    parts.append(f'<text x="10" y="{pad + h / 2}" font-size="10" transform="rotate(-90 10 {pad + h / 2})" text-anchor="middle">precision</text>')
-    for i, (label, recall, precision) in enumerate(curves):
-        color = PALETTE[i % len(PALETTE)]
-        pts = " ".join(f"{pad + float(r) * w:.1f},{pad + (1 - float(p)) * h:.1f}" for r, p in zip(recall, precision) if np.isfinite(p))
-        parts.append(f'<polyline fill="none" stroke="{color}" stroke-width="1.5" points="{pts}"/>')
-        parts.append(f'<text x="{pad + w - 4}" y="{pad + 12 + 12 * i}" font-size="10" text-anchor="end" fill="{color}">{html.escape(label)}</text>')
-    parts.append("</svg>")
-    return "".join(parts)
+def pr_svg(curves: list[tuple[str, np.ndarray, np.ndarray]], width: int = 520, height: int = 260) -> str:
+    """Precision (y) against recall (x), one polyline per series, legend beside the plot."""
+    series = [Series(label, [float(r) for r in recall], [float(p) for p in precision]) for label, recall, precision in curves]
+    return line_svg(series, kind="pr", x_label="recall", y_label="precision", width=width, height=height, y_range=(0.0, 1.0))
+
+
+def map_vs_bits_svg(df: pd.DataFrame, direction: str, metric: str = "map@all") -> str:
+    """mAP against code length per method: mean over seeds with the 95% t-interval (clipped to [0, 1]) as a band."""
+    col = f"m:{direction}/{metric}"
+    if col not in df:
+        return ""
+    series = []
+    for method, g in df.dropna(subset=[col]).groupby("method"):
+        xs, ys, lo, hi = [], [], [], []
+        for b, gg in sorted(g.groupby("bits"), key=lambda kv: kv[0]):
+            ci = t_interval(gg[col]) or (float(gg[col].mean()),) * 2
+            xs.append(int(b)), ys.append(float(gg[col].mean())), lo.append(max(0.0, ci[0])), hi.append(min(1.0, ci[1]))  # mAP lives in [0, 1]
+        series.append(Series(str(method), xs, ys, lo, hi))
+    return line_svg(series, kind="map-vs-bits", x_label="code length (bits), 95% CI band over seeds", y_label=metric, x_log2=True)
+
+
+def precision_at_k_svg(df: pd.DataFrame, direction: str) -> str:
+    """Precision@K against K from the logged cut-offs (``p@K``), per method and code length; needs two cut-offs."""
+    prefix = f"m:{direction}/p@"
+    ks = sorted(int(c[len(prefix):]) for c in df.columns if c.startswith(prefix) and c[len(prefix):].isdigit())
+    if len(ks) < 2:
+        return ""
+    series = []
+    for (method, bits), g in df.groupby(["method", "bits"]):
+        ys = [float(g[f"{prefix}{k}"].mean()) for k in ks]
+        series.append(Series(f"{method} {int(bits)}b", ks, ys))
+    return line_svg(series, kind="precision-at-k", x_label="K (top-K retrieved)", y_label="precision@K", y_range=(0.0, 1.0))
+
+
+def loss_figures(runs: ProfileRuns, g: pd.DataFrame) -> list[dict]:
+    """Per method (its largest code length): every logged loss term per epoch, mean over seeds (MLflow history)."""
+    out = []
+    histories = getattr(runs, "histories", {}) or {}
+    for method, gm in g.groupby("method"):
+        bits = int(gm["bits"].max())
+        hs = [histories.get(r) for r in gm[gm["bits"] == bits]["run_id"]]
+        hs = [h for h in hs if h]
+        if not hs:
+            continue
+        terms = sorted({k for h in hs for e in h for k in e if k.startswith("loss/")})
+        series = []
+        for term in terms:
+            by_epoch: dict[int, list[float]] = {}
+            for h in hs:
+                for e in h:
+                    if term in e and e[term] is not None:
+                        by_epoch.setdefault(int(e["epoch"]), []).append(float(e[term]))
+            ep = sorted(by_epoch)
+            series.append(Series(term[len("loss/"):], ep, [float(np.mean(by_epoch[k])) for k in ep]))
+        svg = line_svg(series, kind="loss", x_label="epoch", y_label="loss term (mean over seeds)")
+        if svg:
+            out.append({"method": method, "bits": bits, "n": len(hs), "svg": svg})
+    return out
 
 
 def mean_curves(runs: ProfileRuns, sub: pd.DataFrame, direction: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -167,6 +217,17 @@ def initialisation_notes(g: pd.DataFrame) -> dict[str, list[str]]:
     return out
 
 
+def paper_cutoff(dataset: str, g: pd.DataFrame):
+    """The paper's mAP convention of the group's protocol (:meth:`pipeline.data.registry.DatasetSpec.map_cutoff`), or None."""
+    protocols = set(g["protocol"].dropna()) if "protocol" in g else set()
+    if len(protocols) != 1:
+        return None
+    try:
+        return get_dataset(dataset).map_cutoff(protocols.pop())
+    except Exception:  # noqa: BLE001 - a dataset no longer registered: no convention to show
+        return None
+
+
 def build_report(
     runs: ProfileRuns,
     out_dir: Path,
@@ -177,13 +238,16 @@ def build_report(
     published: list | None = None,
     evals: dict[str, dict] | None = None,
     all_published: bool = False,
+    references: dict[tuple[str, str], dict] | None = None,
+    matrix: str = "",
 ) -> Path:
     """Write index.html, metrics.json and plots/*.json under ``out_dir``; return the HTML path.
 
     ``searches`` (:class:`pipeline.report.sensitivity.Search`) add the hyperparameter sensitivity section;
     ``published`` (:class:`pipeline.report.published.PublishedTable`) with ``evals`` (the evaluate stage's
     results per suite) the published-numbers section: every table with ``all_published``, else only the
-    tables some run fills."""
+    tables some run fills. ``references`` (:func:`pipeline.report.references.collect_references`) add the
+    classifier one-hot row under each headline table and the leakage audit of each section."""
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "plots").mkdir(exist_ok=True)
     df = runs.runs
@@ -194,11 +258,19 @@ def build_report(
         for (suite, dataset), g in plain.groupby(["suite", "dataset"], sort=True):
             g = g.dropna(axis=1, how="all")  # columns of other datasets' directions
             section = {"suite": suite, "dataset": dataset, "directions": [], "n_runs": len(g)}
+            protocol = str(g["protocol"].iloc[0]) if "protocol" in g else None
+            ref = (references or {}).get((dataset, protocol))
+            section["leakage"] = leakage_table(ref)
             metrics_json[suite] = {}
+            cut = paper_cutoff(dataset, g)
+            gl = label_methods(g)  # method names with their setup flags (pipeline/report/flags.py), for display
+            section["flags"] = legend_items({c for fs in method_flags(g).values() for c in fs})
+            section["paper_cutoff"] = cut.source if cut is not None else None
             for d in directions_of(g):
                 names = metric_columns(g, d)
-                headline = summary_table(g, d, "map@all")
-                curves = mean_curves(runs, g, d)
+                headline = summary_table(gl, d, "map@all")
+                paper = summary_table(gl, d, cut.metric) if cut is not None and cut.k and f"m:{d}/{cut.metric}" in g else None
+                curves = mean_curves(runs, gl, d)
                 plot_rows = [
                     {"series": label, "recall": float(r), "precision": float(p)}
                     for label, (rec, prec) in curves.items()
@@ -212,17 +284,22 @@ def build_report(
                         "name": d,
                         "title": DIRECTION_TITLES.get(d, d),
                         "headline": headline,
-                        "detail": detail_table(g, d, [m for m in names if m != "map@all"]),
+                        "paper": paper,
+                        "detail": detail_table(gl, d, [m for m in names if m != "map@all"]),
                         "svg": pr_svg([(k, v[0], v[1]) for k, v in curves.items()]) if curves else "",
-                        "index_rows": index_table(g, d),
+                        "map_svg": map_vs_bits_svg(gl, d),
+                        "pk_svg": precision_at_k_svg(gl, d),
+                        "index_rows": index_table(gl, d),
                         "index_cols": [label for _, label, _ in INDEX_FIGURES],
                         "random_map": float(g[random_col].mean()) if random_col in g else None,
+                        "references": reference_rows(ref, d),
                     }
                 )
                 for (method, bits), gg in g.groupby(["method", "bits"]):
                     entry = metrics_json[suite].setdefault(method, {}).setdefault(f"{int(bits)}bits", {}).setdefault(d, {})
                     for m in names:
                         entry[m] = round(float(gg[f"m:{d}/{m}"].mean()), 6)
+            section["losses"] = loss_figures(runs, g)
             section["overhead"] = _overhead(g)
             section["init"] = initialisation_notes(g)
             section["provenance"] = {
@@ -234,10 +311,12 @@ def build_report(
 
     context = {"title": title, "sections": sections, "runs": runs, "notes": notes, "sensitivity": render_sections(searches or [])}
 
-    context["longtail"] = render_longtail(plain)
+    context["longtail"] = render_longtail(label_methods(plain))
     context["published"] = render_published(plain, evals or {}, published or [], runs.profile, all_published)
 
-    context["incremental"] = render_incremental(df)
+    context["incremental"] = render_incremental(label_methods(df))
+    context["flag_legend"] = legend_items()
+    context["matrix"] = matrix  # paper 000's evaluation matrix (pipeline/report/matrix.py), rendered by the caller
     write_atomic(out_dir / "_body.html", env.get_template("body.html.j2").render(**context))
     html_path = out_dir / "index.html"
     write_atomic(html_path, env.get_template("page.html.j2").render(**context))

@@ -9,7 +9,9 @@ difference ours - paper; and the setup flags that explain a gap before anyone ar
 * *other code length*: a stand-in run at the nearest code length the profile has;
 * *random init*: a ``weights.*`` provenance tag of the run says a stream was randomly initialised;
 * *other backbone*: ``ours.method_flags`` of the table, or a row backbone that differs;
-* *fewer seeds*: fewer seeds than the paper averaged.
+* *fewer seeds*: fewer seeds than the paper averaged;
+* the setup flags F (frozen features), B (another image network) and T (another recipe) of
+  :mod:`pipeline.report.flags`.
 
 A paper row that maps to none of our runs shows the paper's value with "not run"; a paper row without
 an implementation in HashBench says so; a table whose numbers are not in our copy of the paper is listed
@@ -27,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.eval.stored import Convention, view_metrics
+from pipeline.report.flags import LEGEND, setup_flags
 from pipeline.report.published import PublishedCell, PublishedTable, dataset_matches, our_methods
 
 _RANDOM = ("random-init", "random init")
@@ -69,6 +72,8 @@ def run_flags(row: pd.Series) -> list[str]:
     weights = row.get("weights")
     if isinstance(weights, str) and any(r in weights for r in _RANDOM):
         flags.append("random init")
+    # the other setup flags of pipeline/report/flags.py (R is the one above; P: stand-ins are flagged by the table)
+    flags += [f"{c}: {LEGEND[c]}" for c in setup_flags(row) if c in ("F", "B", "T")]
     return flags
 
 

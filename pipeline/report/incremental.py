@@ -65,7 +65,7 @@ def render_incremental(df: pd.DataFrame) -> str:
                     + f'<td><span class="n">{len(gg)}</span></td></tr>'
                 )
             parts.append(
-                f"<p class=\"meta\">{html.escape(DIRECTION_TITLES[d])}: mAP@all</p><table class=\"detail\"><thead><tr><th>method</th><th>bits</th>"
-                f"<th>new classes</th>{head}<th>seeds</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"
+                f"<p class=\"meta\">{html.escape(DIRECTION_TITLES[d])}: mAP@all</p><div class=\"scroll\"><table class=\"detail\"><thead><tr><th>method</th><th>bits</th>"
+                f"<th>new classes</th>{head}<th>seeds</th></tr></thead><tbody>{''.join(rows)}</tbody></table></div>"
             )
     return "\n".join(parts)

@@ -20,6 +20,8 @@ import re
 import numpy as np
 import pandas as pd
 
+from pipeline.report.plots import bar_svg
+
 #: paper 004 Table 2 column order
 FACTORS = (100, 50, 10)
 GROUPS = ("overall", "head", "medium", "tail")
@@ -88,6 +90,7 @@ def render_longtail(df: pd.DataFrame, direction: str = "i2i", group_rule: str | 
         parts.append('<p class="warn">Runs WITHOUT ImageNet-pretrained backbone weights (random init): '
                      + ", ".join(f"{html.escape(str(m))}: {n}" for m, n in bad.items()) + ".</p>")
     datasets = sorted(lt["dataset"].unique())
+    parts.extend(group_bar_figures(lt))
     for bits in sorted(lt["bits"].unique()):
         for group in GROUPS:
             sub = lt[(lt["bits"] == bits)].dropna(subset=[group])
@@ -106,9 +109,24 @@ def render_longtail(df: pd.DataFrame, direction: str = "i2i", group_rule: str | 
                     is_best = len(v.dropna()) and best[c] is not None and np.isclose(v.mean(), best[c])
                     cells.append(f'<td class="{"best" if is_best else ""}">{_cell(v)} <span class="n">{len(v.dropna())}</span></td>')
                 rows.append(f"<tr><td>{html.escape(str(method))}</td>{''.join(cells)}</tr>")
-            parts.append(f"<h3>{bits} bits: {group} mAP</h3><table><thead><tr><th rowspan=\"2\">method</th>{head1}</tr><tr>{head2}</tr></thead>"
-                         f"<tbody>{''.join(rows)}</tbody></table>")
+            parts.append(f"<h3>{bits} bits: {group} mAP</h3><div class=\"scroll\"><table><thead><tr><th rowspan=\"2\">method</th>{head1}</tr><tr>{head2}</tr></thead>"
+                         f"<tbody>{''.join(rows)}</tbody></table></div>")
     return "\n".join(parts)
+
+
+def group_bar_figures(lt: pd.DataFrame) -> list[str]:
+    """Head / medium / tail (and overall) mAP bars per method, one figure per dataset, imbalance factor and code length."""
+    present = [g for g in GROUPS if g in lt and lt[g].notna().any()]
+    if len(present) < 2:
+        return []
+    figs = []
+    for (dataset, factor, bits), g in lt.groupby(["dataset", "factor", "bits"]):
+        series = [(str(m), [float(gm[grp].mean()) if gm[grp].notna().any() else None for grp in present]) for m, gm in g.groupby("method")]
+        svg = bar_svg(present, series, kind="longtail-groups", y_label="mAP@all (mean over seeds)")
+        if svg:
+            figs.append(f'<figure data-figure="longtail-groups"><figcaption class="meta">{html.escape(str(dataset))}, IF {int(factor)}, {int(bits)} bits: '
+                        f"mAP of the head / medium / tail queries</figcaption>{svg}</figure>")
+    return ['<div class="grid">' + "".join(figs) + "</div>"] if figs else []
 
 
 def markdown_table(lt: pd.DataFrame, bits: int, groups=GROUPS) -> str:
