@@ -24,7 +24,7 @@ diagnostics), whatever ``train.epochs`` says; ``encode`` applies the learnt out-
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, Mapping
+from typing import Any, Callable, ClassVar, Literal, Mapping
 
 import numpy as np
 import torch
@@ -47,6 +47,24 @@ class TrainData:
     info: DataInfo
     batches: Any = None  # Callable[[], Iterable[dict[str, torch.Tensor]]]
     extras: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ShardInfo:
+    """Where a data-parallel rank's batch sits in the global batch; the loop sets it on the method
+    (``HashMethod.shard_info``) before every ``training_step`` when training on several workers.
+
+    ``global_index``: the training positions of the whole global batch (on the method's device);
+    ``positions``: this rank's rows within it (``batch["index"] == global_index[positions]``);
+    ``reduce_sum``: a sum of a tensor over the ranks (an all-reduce; every rank must call it alike)."""
+
+    global_index: torch.Tensor
+    positions: torch.Tensor
+    reduce_sum: Callable[[torch.Tensor], torch.Tensor]
+
+    @property
+    def global_n(self) -> int:
+        return int(self.global_index.shape[0])
 
 
 class LayerInit(BaseModel):
@@ -135,6 +153,7 @@ class HashMethod(torch.nn.Module):
         self.bits = int(bits)
         self.hash_temperature = 1.0  # set by the temperature plug-in; 1 means the plain activation
         self.per_item_requested = False  # set by the hard-pair plug-in (see per_item_term)
+        self.shard_info: ShardInfo | None = None  # set by the loop on every step when training data-parallel
 
     def squash(self, z: torch.Tensor) -> torch.Tensor:
         """The tempered hash activation ``tanh(z / hash_temperature)`` of methods with ``supports_temperature``."""
@@ -184,6 +203,40 @@ class HashMethod(torch.nn.Module):
         """Names of the (n_train, ...) buffers whose rows ``training_step`` of ``phase`` writes at
         ``batch["index"]``; the loop gathers every rank's rows into every rank after the phase's pass."""
         return ()
+
+    def distributed_step_buffers(self, phase: str) -> tuple[str, ...]:
+        """Names of the (n_train, ...) buffers whose rows ``training_step`` of ``phase`` writes at
+        ``batch["index"]`` and that later steps of the same pass read: the loop copies the global batch's rows
+        of every rank into every rank after each step, so each rank's buffer is the 1-worker buffer at every
+        step (not only after the pass, as :meth:`distributed_item_buffers`). A method naming buffers here uses
+        :attr:`shard_info` collectives inside ``training_step``: the loop refuses global batches with fewer
+        items than workers for it (every rank must take part in each step)."""
+        return ()
+
+    # helpers for whole-batch terms under data parallelism (identity on one worker)
+    def global_sum(self, t: torch.Tensor) -> torch.Tensor:
+        """``t`` (detached) summed over the ranks' shards of the global batch; ``t`` itself on one worker."""
+        return t if self.shard_info is None else self.shard_info.reduce_sum(t.detach())
+
+    def global_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        """The global batch's rows (detached) from every rank's ``rows`` (this rank's shard); ``rows`` on one worker."""
+        if self.shard_info is None:
+            return rows
+        info = self.shard_info
+        full = torch.zeros((info.global_n,) + tuple(rows.shape[1:]), dtype=rows.dtype, device=rows.device)
+        full[info.positions.to(rows.device)] = rows.detach()
+        return info.reduce_sum(full)
+
+    def shared_term(self, term: torch.Tensor, local_n: int) -> torch.Tensor:
+        """A term whose value is computed alike on every rank from global sums (a full-set balance term, a
+        global-batch covariance), normalised by this rank's ``local_n`` as on one worker: its gradient is kept,
+        its value scaled by the rank's share ``local_n / global_n``, so that the loop's sum over the ranks of the
+        logged terms (each times :meth:`distributed_loss_scale`, the share or 1) is the 1-worker value.
+        Identity on one worker."""
+        if self.shard_info is None:
+            return term
+        w = local_n / self.shard_info.global_n
+        return term + (w - 1.0) * term.detach()
 
     @torch.no_grad()
     def store_train_labels(self, labels: torch.Tensor) -> None:

@@ -81,6 +81,13 @@ those rows are as old as the batch's, which holds under one permutation per epoc
 made for). ``stale`` uses the stored rows as they are. ``batch``: ``n / B`` times the batch sum (no lag, no
 filtering). All estimate the same quantity; with the stored rows equal to the network's outputs they
 coincide.
+
+Data-parallel training (``resources.num_workers > 1``, pipeline/train/distributed.py): not in the paper or
+the authors' code. F/G rows are copied to every rank after each step (``distributed_step_buffers``), and the
+balance estimate uses the global batch's sums over the ranks (``_global_balance_f1``), so each rank's
+gradient is its share of the 1-worker gradient; the logged balance term is shared out among the ranks
+(``shared_term``). 2 workers match 1 worker to float summation order (tests/test_distributed.py). With
+``hard_pairs`` (per-item losses) several workers are refused by the loop.
 """
 
 from __future__ import annotations
@@ -153,9 +160,8 @@ class DCMH(HashMethod):
     modalities = ("image", "text")
     input_kinds = frozenset({"features", "pixels", "bow"})
     Params = DCMHParams
-    # not yet: the balance term's full-set estimate (drift/stale offsets, the batch-size normalisation) uses the
-    # rank's own shard, and 2 workers diverge from 1 (measured; tests/test_distributed.py). CMHH (no balance term) does.
-    supports_distributed = False
+    # F/G rows synchronised after every step, the balance estimate from sums over the ranks, B = sign(F + G) broadcast
+    supports_distributed = True
     paper = "Q.-Y. Jiang and W.-J. Li. Deep Cross-Modal Hashing. CVPR 2017."
     per_item_term = "likelihood"  # training_step's "per_item": each batch row's likelihood part
     #: the authors' code's training recipe (sources in the module docstring); epochs are the suite's
@@ -245,7 +251,8 @@ class DCMH(HashMethod):
     def distributed_loss_scale(self, local_n: int, global_n: int) -> float:
         return local_n / global_n if self.params.normalize else 1.0  # normalize: the sums are divided by the batch size
 
-    def distributed_item_buffers(self, phase: str) -> tuple[str, ...]:
+    def distributed_step_buffers(self, phase: str) -> tuple[str, ...]:
+        # later steps of the pass read the stored rows (balance estimate; PRDH's intra-modal pairs)
         return ("F_buf",) if phase == "image" else ("G_buf",)
 
     def training_step(self, batch: dict[str, torch.Tensor], phase: str) -> dict[str, torch.Tensor]:
@@ -269,7 +276,7 @@ class DCMH(HashMethod):
         terms = {
             "likelihood": nll / norm,
             "quantization": self.params.gamma * quant / norm,
-            "balance": self.params.eta * bal / norm,
+            "balance": self.shared_term(self.params.eta * bal / norm, out.shape[0]),
         }
         # Algorithm 1: the stored column F_{*i} (G_{*i}) is the forward output of this iteration.
         with torch.no_grad():
@@ -292,6 +299,8 @@ class DCMH(HashMethod):
         """
         n, bsz = own.shape[0], out.shape[0]
         mode = getattr(self, "balance_mode", None) or self._resolve_balance_f1([])
+        if self.shard_info is not None:
+            return self._global_balance_f1(mode, phase, idx, out, own) - out.sum(dim=0)
         if mode == "stale":
             return own.sum(dim=0) - own[idx].sum(dim=0)
         if mode == "batch":
@@ -303,6 +312,26 @@ class DCMH(HashMethod):
         f1 = own.sum(dim=0) + drift * (n_unvisited.to(own.dtype) / bsz)
         visited[idx] = True
         return f1 - out.sum(dim=0)
+
+    @torch.no_grad()
+    def _global_balance_f1(self, mode: str, phase: str, idx: torch.Tensor, out: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
+        """The estimate of ``F^T 1`` that one worker computes from the whole global batch, on a data-parallel
+        rank: the same formulas with the batch sums summed over the ranks (every rank's stored rows are the
+        1-worker rows, :meth:`distributed_step_buffers`), identical on every rank."""
+        n = own.shape[0]
+        gidx = self.shard_info.global_index.to(own.device)
+        bsz = int(gidx.shape[0])
+        live = self.global_sum(out.sum(dim=0))
+        if mode == "batch":
+            return (n / bsz) * live
+        stored = self.global_sum(own[idx].sum(dim=0))
+        if mode == "stale":
+            return own.sum(dim=0) - stored + live
+        visited = self._visited.setdefault(phase, torch.zeros(n, dtype=torch.bool, device=own.device))
+        n_unvisited = (~visited).sum() + visited[gidx].sum()
+        f1 = own.sum(dim=0) + (live - stored) * (n_unvisited.to(own.dtype) / bsz)
+        visited[gidx] = True
+        return f1
 
     @torch.no_grad()
     def on_epoch_end(self, epoch: int, data: TrainData) -> dict[str, float]:

@@ -79,6 +79,11 @@ Reconstructions and deviations (each is a parameter where it is a choice):
   trained networks before the closed-form steps (the paper fixes the networks first); ``false`` uses the
   codes stored during the pass (DCMH's practice, no extra pass).
 * Optimiser: the pipeline's (``train.optimizer``, Adam by default); the paper says SGD.
+* Data-parallel training (not in the paper): H^x/H^y rows are copied to every rank after each step, J1's
+  balance uses the global batch's sums over the ranks, and L_p is computed over the global batch's pairs
+  with its exact gradient (``_global_lfpmc``: each rank's rows against the gathered features, the gradient on
+  those summed over the ranks); W, V, B are solved on every rank from identical inputs and rank 0's are
+  broadcast. ``normalize: none`` under several workers sums the mean terms (L_p, L_adv) over the ranks.
 
 Measured with the paper's weighting (``normalize: paper``), Wikipedia, 16 bits, ``image_hidden: [512]``,
 ``text_hidden: [512, 512]``, Adam 1e-3, batch 128, mAP@all i2t / t2i (random codes 0.111): 10 epochs seed 0
@@ -117,6 +122,7 @@ from methods.losses.mfpmc import (
     label_cosine_similarity,
     label_projection_distribution,
     lfpmc_loss,
+    projection_matching_kl,
     shifted_label_similarity,
     solve_b,
     solve_v,
@@ -182,9 +188,9 @@ class MFPMC(HashMethod):
     modalities = ("image", "text")
     input_kinds = frozenset({"features", "pixels", "bow"})
     Params = MFPMCParams
-    # not yet: J1's balance estimate (n / B times the batch sum) and L_p over the batch's pairs use the rank's
-    # shard (2 workers: 2x the balance term, measured); the Hx/Hy gathering below is ready for when they don't
-    supports_distributed = False
+    # H^x/H^y rows synchronised after every step, J1's balance from the ranks' summed batch sums, W/V/B on rank 0
+    # broadcast; L_p (a softmax over the global batch's pairs) with its 1-worker gradient (_global_lfpmc)
+    supports_distributed = True
     paper = (
         "W. Deng, Y. Zhao, W. Yang, B. Zhang, H. Li, S. Ye. Cross-Modal Hash Method Based on Multi-Scale Fusion "
         "and Projection Matching Constraint. Laser & Optoelectronics Progress 59(24): 2410006, 2022."
@@ -223,8 +229,8 @@ class MFPMC(HashMethod):
     def distributed_loss_scale(self, local_n: int, global_n: int) -> float:
         return local_n / global_n if self.params.normalize != "none" else 1.0
 
-    def distributed_item_buffers(self, phase: str) -> tuple[str, ...]:
-        return ("Hx_buf", "Hy_buf")
+    def distributed_step_buffers(self, phase: str) -> tuple[str, ...]:
+        return ("Hx_buf", "Hy_buf")  # J1 of later steps reads the rows stored by earlier ones
 
     def _similarity(self, a: torch.Tensor, b: torch.Tensor, kind: str) -> torch.Tensor:
         if kind == "binary":
@@ -280,10 +286,14 @@ class MFPMC(HashMethod):
         # clones: the buffers are refreshed in place below, before the loop backpropagates
         hy_all, hx_all = self.Hy_buf.clone(), self.Hx_buf.clone()
         nll = pairwise_nll(hx, hy_all, s, scale=0.5, reduction="sum") + pairwise_nll(hy, hx_all, s, scale=0.5, reduction="sum")
-        scale = n / bsz - 1.0
-        bal = bit_balance_loss(hx, offset=scale * hx.detach().sum(0)) + bit_balance_loss(hy, offset=scale * hy.detach().sum(0))
+        if self.shard_info is None:
+            scale = n / bsz - 1.0
+            bal = bit_balance_loss(hx, offset=scale * hx.detach().sum(0)) + bit_balance_loss(hy, offset=scale * hy.detach().sum(0))
+        else:  # n / B times the global batch's sums (summed over the ranks), as one worker estimates H 1
+            gn = self.shard_info.global_n
+            bal = sum(bit_balance_loss(h, offset=(n / gn) * self.global_sum(h.sum(0)) - h.detach().sum(0)) for h in (hx, hy))
         terms["j1_likelihood"] = k["j1"] * p.gamma * nll
-        terms["j1_balance"] = k["j1"] * p.gamma * p.alpha * bal
+        terms["j1_balance"] = self.shared_term(k["j1"] * p.gamma * p.alpha * bal, bsz)
 
         labf = lab.to(hx.dtype)
         if p.tau > 0:  # J2 (eq. 11) with W fixed
@@ -294,8 +304,11 @@ class MFPMC(HashMethod):
         if p.mu > 0:  # J5 (eq. 14): constant in this phase, logged so that loss estimates J
             terms["j5"] = (k["j5"] * p.mu * ((b - labf @ self.V_buf) ** 2).sum()).detach()
         if p.lfpmc and p.xi > 0:  # L_p (eqs. 5-8) over the batch's pairs
-            pmat = label_projection_distribution(self._similarity(lab, lab, p.p_similarity))
-            terms["lfpmc"] = k["lfpmc"] * p.xi * lfpmc_loss(fx, fy, pmat, p.delta, p.log_base)
+            if self.shard_info is None:
+                pmat = label_projection_distribution(self._similarity(lab, lab, p.p_similarity))
+                terms["lfpmc"] = k["lfpmc"] * p.xi * lfpmc_loss(fx, fy, pmat, p.delta, p.log_base)
+            else:
+                terms["lfpmc"] = k["lfpmc"] * p.xi * self._global_lfpmc(fx, fy, lab)
         if self.discriminator is not None and p.adv_weight > 0:  # eq. 1 through gradient reversal
             # D descends w_adv L_adv; through the reversal the feature nets get -w_adv dL_adv/df (they ascend it)
             zx = self.discriminator(grad_reverse(fx))
@@ -307,6 +320,25 @@ class MFPMC(HashMethod):
             self.Hy_buf[idx] = hy.detach().to(self.Hy_buf.dtype)
         total = sum(terms.values())
         return {"loss": total, **terms}
+
+    def _global_lfpmc(self, fx: torch.Tensor, fy: torch.Tensor, lab: torch.Tensor) -> torch.Tensor:
+        """L_p of the whole global batch on a data-parallel rank, with the 1-worker gradient. Each row ``i``'s KL
+        term needs every pair ``(i, j)`` of the global batch, and each ``f_j`` gets gradient from every row ``i``:
+        this rank computes its rows' terms (divided by the global batch size) against the gathered features as
+        constants, takes their gradient on those constants, sums it over the ranks and applies each rank's part
+        to its own features through a linear surrogate; divided by the loss scale (the loop multiplies by it)."""
+        p, info = self.params, self.shard_info
+        m, local_n = info.global_n, fx.shape[0]
+        pos = info.positions.to(fx.device)
+        gx = self.global_rows(fx).requires_grad_()
+        gy = self.global_rows(fy).requires_grad_()
+        glab = self.global_rows(lab.to(fx.dtype))
+        pmat = label_projection_distribution(self._similarity(lab, glab, p.p_similarity))  # local rows of the global P
+        part = (projection_matching_kl(fx, gy, pmat, p.delta, p.log_base) + projection_matching_kl(fy, gx, pmat, p.delta, p.log_base)) * (local_n / m)
+        dgx, dgy = torch.autograd.grad(part, (gx, gy), retain_graph=True)
+        dgx, dgy = self.global_sum(dgx), self.global_sum(dgy)
+        surrogate = (dgx[pos] * fx).sum() + (dgy[pos] * fy).sum()
+        return (part + surrogate - surrogate.detach()) / self.distributed_loss_scale(local_n, m)
 
     @torch.no_grad()
     def on_epoch_end(self, epoch: int, data: TrainData) -> dict[str, float]:

@@ -75,10 +75,26 @@ def ray_log_file(log_dir: Path, name: str) -> Path:
     return log_dir / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', name)}.log"
 
 
+#: Ray reads it when imported: "0" makes its node IP the loopback address (ray._private.services.get_node_ip_address),
+#: and Ray's gRPC servers (GCS, raylet, core workers) then listen on 127.0.0.1 only (see init_ray)
+RAY_LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
 def init_ray(address: str | None, log_file: Path | None = None, verbose: bool = False) -> None:
-    """Start (or join) Ray once per command. A local Ray listens on 127.0.0.1 only; its driver-side
-    log lines go to ``log_file`` (and to the terminal with ``verbose``), workers' output stays in
-    Ray's session logs unless ``verbose``."""
+    """Start (or join) Ray once per command; its driver-side log lines go to ``log_file`` (and to the
+    terminal with ``verbose``), workers' output stays in Ray's session logs unless ``verbose``.
+
+    A local Ray listens on 127.0.0.1 only, with Ray's token authentication (Ray's default for a new local
+    cluster since 2.52; ``RAY_AUTH_MODE``). Ray 2.60 turns ``_node_ip_address="127.0.0.1"`` into the
+    machine's routable IP (``services.resolve_ip_for_localhost``) and its servers then listen on every
+    interface (``*``/``::``); its C++ servers listen on loopback only when the node IP is 127.0.0.1 (ray PR
+    #20190; the bind-to-node-IP change, PR #55484, was reverted by #55962). The node IP is 127.0.0.1 when
+    Ray's ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER`` is 0 at its import (``ray_constants.ENABLE_RAY_CLUSTER``,
+    meant for single-node Ray on macOS and Windows; it disables joining other nodes, which a local Ray does
+    not do), so this sets it before importing Ray. ``tests/test_launch_bind.py`` reads the listening
+    sockets. With ``address`` (a cluster) nothing is changed."""
+    if not address and "ray" not in sys.modules:
+        os.environ.setdefault(RAY_LOOPBACK_ENV, "0")
     import ray
 
     if log_file is not None:
@@ -102,6 +118,10 @@ def init_ray(address: str | None, log_file: Path | None = None, verbose: bool = 
             configure_logging=False,
             _node_ip_address="127.0.0.1",
         )
+        gcs = ray.get_runtime_context().gcs_address
+        if not gcs.startswith("127.0.0.1:"):
+            log.warning("the local Ray's node IP is %s, not 127.0.0.1: its servers listen on every interface (Ray was imported "
+                        "before %s=0 could be set)", gcs, RAY_LOOPBACK_ENV)
     if log_file is not None:
         try:
             session = ray.get_runtime_context().gcs_address
@@ -217,14 +237,29 @@ def trial_resources(p: Placement) -> dict[str, float]:
     return {"CPU": DRIVER_CPU_ON_CLUSTER}
 
 
+#: the Ray node a trial's process ran on (its Tune trial process: the trainer's driver for N workers); with the
+#: host name (``hashbench.host``) it tells the nodes of a cluster apart, also several nodes on one host
+TAG_RAY_NODE = "hashbench.ray_node"
+
+
+def node_tags() -> dict[str, str]:
+    """``{TAG_RAY_NODE: node id}`` of this process's Ray node; empty outside Ray."""
+    import ray
+
+    if not ray.is_initialized():
+        return {}
+    return {TAG_RAY_NODE: ray.get_runtime_context().get_node_id()}
+
+
 def trial_context(base: TrialContext, p: Placement, report: Callable | None) -> TrialContext:
-    """The context a trial runs with on this placement (device, threads, Ray report function)."""
+    """The context a trial runs with on this placement (device, threads, Ray report function, node tag)."""
     return dataclasses.replace(
         base,
         device="cuda" if p.use_gpu else base.device,
         threads=max(1, int(p.cpus_per_worker)),
         report=report,
         executor="tune-trial-process" if p.in_process else f"ray-train-{p.num_workers}-workers",
+        extra_tags={**base.extra_tags, **node_tags()},
     )
 
 

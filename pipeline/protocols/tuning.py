@@ -138,7 +138,8 @@ def _tune_trial(tune_config: dict, base: dict, ctx: TrialContext, p: launch.Plac
         "hashbench.tune_trial_id": tune.get_context().get_trial_id(),
         **({"hashbench.tune_default": "1"} if default is not None and sample == default else {}),
     }
-    run_ctx = replace(launch.trial_context(ctx, p, report=tune.report), extra_tags=tags)
+    run_ctx = launch.trial_context(ctx, p, report=tune.report)
+    run_ctx = replace(run_ctx, extra_tags={**run_ctx.extra_tags, **tags})
     try:
         record = execute_trial(spec, run_ctx, body_for(p, Path(storage), pg_registry=Path(pg_registry)))
     except BaseException as exc:

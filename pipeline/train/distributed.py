@@ -18,6 +18,13 @@ What makes N workers train like one worker of the same *global* batch size:
   every rank (:func:`gather_item_rows`), so the closed-form / discrete update in ``on_epoch_end`` sees
   the whole training set. That update then runs on every rank from identical inputs and rank 0's
   result is broadcast (:func:`broadcast_buffers`), so the ranks can never drift apart.
+* **Buffers read within a pass**: a method whose later steps read rows that earlier steps wrote (DCMH's
+  stored F in its balance estimate, MFPMC's stored H in its likelihood) names them in
+  :meth:`~methods.base.HashMethod.distributed_step_buffers`: after every step the global batch's rows of
+  every rank reach every rank (:func:`sync_step_rows`), so each rank holds the 1-worker buffer at every
+  step. Such a method computes its whole-batch terms (a full-set column sum, a global-batch covariance)
+  from sums over the ranks inside ``training_step`` (:func:`reduce_sum`, through the
+  :class:`~methods.base.ShardInfo` the loop sets on it), so its gradients are the 1-worker gradients.
 * **Logged losses**: each rank accumulates ``loss * n_r / n`` per global batch; one all-reduce per
   epoch gives the global batch's loss, the number the 1-worker run logs.
 
@@ -109,6 +116,30 @@ def gather_item_rows(method: torch.nn.Module, names: tuple[str, ...] | list[str]
             contrib = contrib + torch.where((cover == 0).to(buf.device).view(shape), buf, torch.zeros((), dtype=buf.dtype, device=buf.device)).to(dev)
         torch.distributed.all_reduce(contrib, op=torch.distributed.ReduceOp.SUM)
         buf.copy_(contrib.to(buf.device))
+
+
+def reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """``t`` summed over the ranks (a new tensor on ``t``'s device); what a method's
+    :attr:`~methods.base.ShardInfo.reduce_sum` calls inside ``training_step``."""
+    dev = torch.device("cpu") if torch.distributed.get_backend() != "nccl" else t.device
+    out = t.detach().to(dev).clone()
+    torch.distributed.all_reduce(out, op=torch.distributed.ReduceOp.SUM)
+    return out.to(t.device)
+
+
+def sync_step_rows(method: torch.nn.Module, names: tuple[str, ...] | list[str], glob: np.ndarray) -> None:
+    """After one step of a global batch ``glob`` (training positions, sharded by :func:`shard`): every rank's
+    rows of the buffers ``names`` at its shard's positions, on every rank (one all-reduce per buffer)."""
+    rank, world_size = world()
+    idx = torch.as_tensor(np.asarray(glob, dtype=np.int64))
+    pos = torch.arange(rank, len(idx), world_size)
+    dev = comm_device(method)
+    for name in names:
+        buf = getattr(method, name)
+        full = torch.zeros((len(idx),) + tuple(buf.shape[1:]), dtype=buf.dtype, device=dev)
+        full[pos.to(dev)] = buf[idx[pos].to(buf.device)].to(dev)
+        torch.distributed.all_reduce(full, op=torch.distributed.ReduceOp.SUM)
+        buf[idx.to(buf.device)] = full.to(buf.device)
 
 
 def broadcast_buffers(method: torch.nn.Module, src: int = 0) -> None:

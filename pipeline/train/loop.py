@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from methods.base import TrainData
+from methods.base import ShardInfo, TrainData
 from methods.registry import create_method, get_method_class
 from pipeline.config import OptimizerConfig, TrialSpec
 from pipeline.data.formats import PreparedDataset
@@ -351,6 +351,7 @@ def fit(
             owned = []
             n_batches[phase] = 0
             params_ = [p for g in opt.param_groups for p in g["params"] if p.requires_grad]
+            step_bufs = method.distributed_step_buffers(phase) if world > 1 else ()
             for glob in sampler.epoch(rng):  # the global batches of the pass; each rank takes its share
                 local = distributed.shard(glob, rank, world)
                 n_batches[phase] += 1
@@ -359,6 +360,15 @@ def fit(
                     owned.append(local)
                     scale = method.distributed_loss_scale(len(local), len(glob)) if len(local) else 0.0
                     finite = True
+                    if step_bufs and len(glob) < world:
+                        raise TrainingError(
+                            f"{spec.key()}: a global batch of {len(glob)} items on {world} data-parallel workers leaves a worker "
+                            f"without items, which {spec.method!r} needs in every step: change train.batch_size or resources.num_workers"
+                        )
+                    if step_bufs:
+                        method.shard_info = ShardInfo(
+                            torch.as_tensor(glob, device=dev), torch.arange(rank, len(glob), world), distributed.reduce_sum
+                        )
                     if len(local):
                         with amp.autocast():
                             losses = method.training_step(part.batch(local, device=dev, **pin), phase)
@@ -368,6 +378,8 @@ def fit(
                             for name, value in losses.items():
                                 if name != "per_item":
                                     sums[f"loss/{phase}/{name}"] += float(value.detach()) * scale
+                    if step_bufs:
+                        distributed.sync_step_rows(method, step_bufs, glob)
                     try:
                         distributed.all_reduce_gradients([p for g in opt.param_groups for p in g["params"]], scale, finite)
                     except TrainingError as exc:
@@ -396,6 +408,7 @@ def fit(
                     amp.unscale(opt)
                     torch.nn.utils.clip_grad_norm_(method.parameters(), spec.train.grad_clip)
                 amp.step(opt)
+            method.shard_info = None
             if world > 1:
                 distributed.gather_item_rows(method, method.distributed_item_buffers(phase), np.concatenate(owned) if owned else np.zeros(0, np.int64))
         if world > 1:  # the global batches' losses: sum over ranks of loss_r * n_r / n, per batch of the phase
