@@ -169,6 +169,8 @@ class MFPMC(HashMethod):
     # not yet: J1's balance estimate (n / B times the batch sum) and L_p over the batch's pairs use the rank's
     # shard (2 workers: 2x the balance term, measured); the Hx/Hy gathering below is ready for when they don't
     supports_distributed = False
+    per_item_term = "j1_likelihood"  # training_step's "per_item": each batch item's part of J1's likelihood
+    inter_modal_term = "j1_likelihood"
     paper = (
         "W. Deng, Y. Zhao, W. Yang, B. Zhang, H. Li, S. Ye. Cross-Modal Hash Method Based on Multi-Scale Fusion "
         "and Projection Matching Constraint. Laser & Optoelectronics Progress 59(24): 2410006, 2022."
@@ -203,6 +205,9 @@ class MFPMC(HashMethod):
 
     def phases(self, epoch: int) -> list[str]:
         return ["joint"]
+
+    def representation_inputs(self) -> dict[str, torch.nn.Module]:
+        return {"image": self.image_net.head, "text": self.text_net.head}  # after IMFM / TMFM and the trunk
 
     def distributed_loss_scale(self, local_n: int, global_n: int) -> float:
         return local_n / global_n if self.params.normalize == "mean" else 1.0
@@ -263,7 +268,8 @@ class MFPMC(HashMethod):
         s = self._similarity(lab, self.train_labels, p.j1_similarity)
         # clones: the buffers are refreshed in place below, before the loop backpropagates
         hy_all, hx_all = self.Hy_buf.clone(), self.Hx_buf.clone()
-        nll = pairwise_nll(hx, hy_all, s, scale=0.5, reduction="sum") + pairwise_nll(hy, hx_all, s, scale=0.5, reduction="sum")
+        nll_rows = pairwise_nll(hx, hy_all, s, scale=0.5, reduction="rows") + pairwise_nll(hy, hx_all, s, scale=0.5, reduction="rows")
+        nll = nll_rows.sum()
         scale = n / bsz - 1.0
         bal = bit_balance_loss(hx, offset=scale * hx.detach().sum(0)) + bit_balance_loss(hy, offset=scale * hy.detach().sum(0))
         j1_norm = float(bsz * n) if mean else 1.0
@@ -292,7 +298,10 @@ class MFPMC(HashMethod):
             self.Hx_buf[idx] = hx.detach().to(self.Hx_buf.dtype)
             self.Hy_buf[idx] = hy.detach().to(self.Hy_buf.dtype)
         total = sum(terms.values())
-        return {"loss": total, **terms}
+        out = {"loss": total, **terms}
+        if self.per_item_requested:  # each batch item's share of J1's likelihood (its image row + its text row)
+            out["per_item"] = p.gamma * nll_rows / j1_norm
+        return out
 
     @torch.no_grad()
     def on_epoch_end(self, epoch: int, data: TrainData) -> dict[str, float]:
