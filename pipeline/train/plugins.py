@@ -16,8 +16,20 @@ differentiated on their own (scaled, clipped) and their gradients added to those
 losses stay the method's unweighted terms; the plug-ins log their own diagnostics per epoch
 (``plugin/temperature``, ``plugin/weight/<term>``, ``plugin/hard_fraction``, ``plugin/clipped/<term>``).
 
-Not built (paper 000 mentions them): a temperature driven by the validation metric (only the fixed
-schedule), and the short head-only phase at each stage switch.
+The rest of the loss layer and paper 000's representation layer (Sec. 4.1) and diagnostics (Sec. 5) are
+mechanisms of pipeline/train/representation.py (its docstring gives the paper's wording and every deviation),
+wired in here and switched on the same way: ``temperature: {schedule: plateau}`` (T lowered when the
+monitored metric plateaus), ``head_only`` (the first steps of each stage-switch epoch update only the hash
+layer), ``calibration`` (re-weighting / gate modules on the backbone features, stepped by their own optimizer
+on the inter-modal term's gradient only), ``replay`` (the hardest items replayed after each pass with stronger
+augmentation), ``modality_scale`` (each modality's pass's gradient scaled by its loss share),
+``grad_stats`` and ``diagnostics`` (``diag/*`` metrics; they watch and do not change training). The loop calls
+:meth:`LossPlugins.before_backward` and :meth:`LossPlugins.after_backward` around every single-worker step's
+backward pass, :meth:`LossPlugins.replay_batches` after each phase's pass and :meth:`LossPlugins.observe` after
+each epoch's metrics. The methods offer ``inter_modal_term`` and ``representation_inputs`` (methods/base.py).
+
+Not built: checkpoints hold neither the plug-ins' state (EMAs, the calibration's optimizer, the plateau rule)
+nor resume it, so a resumed trial with plug-ins is not bit-identical to an uninterrupted one.
 """
 
 from __future__ import annotations
