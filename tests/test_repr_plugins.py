@@ -221,12 +221,12 @@ def test_diagnostics_hand_computed():
     gv.add("b", torch.tensor([5.0]))
     # mean (2, 1): E||g||^2 = 23/3, ||mean||^2 = 5 -> 8/3; one step -> 0
     assert gv.pop() == pytest.approx({"a": 8 / 3, "b": 0.0})
-    hs = rep.HardSet(4, ratio=1.5)
+    hs = rep.HardSet(4, z=1.0)
     seen = np.ones(4, dtype=bool)
-    assert hs.update(0, np.array([1.0, 1.0, 1.0, 5.0]), seen)[0] == 1  # mean 2: only 5 > 3
-    size, stays = hs.update(1, np.array([1.0, 1.0, 4.0, 2.0]), seen)  # item 3 leaves after 1 epoch, item 2 enters
+    assert hs.update(0, np.array([1.0, 1.0, 1.0, 5.0]), seen)[0] == 1  # mean 2, sd sqrt(3): only 5 > 3.73
+    size, stays = hs.update(1, np.array([1.0, 1.0, 4.0, 2.0]), seen)  # > 2 + sqrt(1.5): item 3 leaves after 1 epoch, 2 enters
     assert size == 1 and stays.tolist() == [1.0]
-    size, stays = hs.update(3, np.ones(4), seen)
+    size, stays = hs.update(3, np.ones(4), seen)  # sd 0: nothing is above the mean
     assert size == 0 and stays.tolist() == [2.0]
     items = rep.ItemLoss(3, decay=0.5)
     items.update("image", np.array([0, 1]), np.array([2.0, 4.0]))
@@ -285,6 +285,7 @@ def test_representation_plugins_and_diagnostics_in_the_loop(tmp_path, repo_param
     assert {"diag/bit_flip", "diag/bit_flip/image", "diag/grad_var/likelihood", "diag/hard_set", "diag/feat_grad/image/unstable"} <= set(h[0])
     assert all(0.0 <= e["diag/bit_flip"] <= 1.0 for e in h)
     assert h[0]["diag/bit_flip"] > h[-1]["diag/bit_flip"]  # codes settle
+    assert all(e["diag/hard_set"] > 0 for e in h) and sum(e["diag/hard_exits"] for e in h) > 0
     both = run({"calibration": {}, "replay": {"size": 64}, "modality_scale": {}, "head_only": {"epochs": [2], "steps": 3}, "grad_balance": {}})
     hb = both.history
     assert hb[1]["plugin/replayed_items"] == 2 * 64  # one replay batch per phase (image, text)

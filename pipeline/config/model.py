@@ -193,10 +193,10 @@ class GradStatsConfig(_Strict):
 class DiagnosticsConfig(_Strict):
     """Per-epoch diagnostics (paper 000, Sec. 5), logged as ``diag/*`` metrics: bit flips of the training codes,
     per-term gradient variance on the hash layer, hard-set size and exit times (items whose EMA loss, ``decay``,
-    exceeds ``hard_ratio`` times the mean EMA)."""
+    exceeds the mean EMA by more than ``hard_z`` standard deviations)."""
 
     decay: float = Field(0.9, ge=0, lt=1)
-    hard_ratio: float = Field(2.0, gt=1)
+    hard_z: float = Field(1.5, gt=0)
 
 
 class PluginsConfig(_Strict):

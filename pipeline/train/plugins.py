@@ -139,7 +139,7 @@ class LossPlugins:
         if decay is not None and getattr(method, "per_item_term", None):
             method.per_item_requested = True
             self.items = rep.ItemLoss(self.n_items, decay)
-        self.hard_set = rep.HardSet(self.n_items, cfg.diagnostics.hard_ratio) if cfg.diagnostics is not None and self.items is not None else None
+        self.hard_set = rep.HardSet(self.n_items, cfg.diagnostics.hard_z) if cfg.diagnostics is not None and self.items is not None else None
         self.gvar = rep.GradVariance() if cfg.diagnostics is not None else None
         self.prev_codes: dict[str, np.ndarray] | None = None
         self.fstats = rep.FeatureGradStats(cfg.grad_stats.quantile, cfg.grad_stats.z) if cfg.grad_stats is not None else None
