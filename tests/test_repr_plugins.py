@@ -296,3 +296,21 @@ def test_representation_plugins_and_diagnostics_in_the_loop(tmp_path, repo_param
     assert mf.history[1]["plugin/replayed_items"] == 32 and "diag/grad_var/j1_likelihood" in mf.history[1]
     with pytest.raises(MethodError, match="one pass per modality"):
         run({"modality_scale": {}}, method="mfpmc", epochs=1)
+
+
+def test_cross_modal_methods_expose_their_backbone_features_and_inter_modal_term():
+    from methods.base import DataInfo, ModalitySpec
+    from methods.registry import create_method
+
+    info = DataInfo("toy", {"image": ModalitySpec("image", "features", (8,)), "text": ModalitySpec("text", "features", (6,))}, 3, True, 10)
+    x = {"image": torch.randn(4, 8), "text": torch.randn(4, 6)}
+    for name, term in (("dcmh", "likelihood"), ("prdh", "inter"), ("cmhh", "focal"), ("mfpmc", "j1_likelihood")):
+        m = create_method(name, {"image_hidden": [4], "text_hidden": [4]}, info, 16)
+        assert m.inter_modal_term == term
+        before = m.encode(x, "image").detach()
+        pl = _plugins({"calibration": {}}, m, n_items=10)
+        assert set(pl.calib) == {"image", "text"}
+        assert torch.allclose(m.encode(x, "image"), before)  # the calibration starts as the identity
+        with torch.no_grad():
+            m.calibration_image.weight.zero_()
+        assert not torch.allclose(m.encode(x, "image"), before)  # and sits in the encoding path

@@ -129,7 +129,8 @@ class LossPlugins:
         needs_items = [k for k in ("replay", "grad_stats") if getattr(cfg, k) is not None]
         if needs_items and not getattr(method, "per_item_term", None):
             raise MethodError(f"train.plugins.{needs_items[0]}: method {name!r} returns no per-item losses (per_item_term)")
-        inputs = method.representation_inputs() if hasattr(method, "representation_inputs") else {}
+        wants_inputs = cfg.calibration is not None or cfg.grad_stats is not None
+        inputs = method.representation_inputs() if wants_inputs and hasattr(method, "representation_inputs") else {}
         if (cfg.calibration is not None or cfg.grad_stats is not None) and not inputs:
             which = "calibration" if cfg.calibration is not None else "grad_stats"
             raise MethodError(f"train.plugins.{which}: method {name!r} exposes no backbone features (representation_inputs)")
