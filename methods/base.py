@@ -145,6 +145,9 @@ class HashMethod(torch.nn.Module):
     #: summing to that term) while ``per_item_requested`` is True (the loop's hard-pair plug-in sets it);
     #: None: the method offers none.
     per_item_term: ClassVar[str | None] = None
+    #: Name of the loss term that couples the modalities (paper 000's inter-modal hash-code loss), for the loop's
+    #: representation plug-ins (calibration, gradient statistics, modality scaling); None: the method names none.
+    inter_modal_term: ClassVar[str | None] = None
 
     def __init__(self, params: MethodParams, info: DataInfo, bits: int) -> None:
         super().__init__()
@@ -168,6 +171,12 @@ class HashMethod(torch.nn.Module):
         for m in self.modules():
             if isinstance(m, TemperedTanh):
                 m.temperature = float(temperature)
+
+    def representation_inputs(self) -> dict[str, torch.nn.Module]:
+        """Per modality, the module whose input is that modality's backbone features (a flat (B, d) tensor): the
+        loop's representation plug-ins attach a forward pre-hook there (feature calibration, gradient statistics).
+        The default offers none."""
+        return {}
 
     # -- hooks -----------------------------------------------------------------------------------
     def configure_optimizers(self, make_optimizer) -> dict[str, torch.optim.Optimizer]:

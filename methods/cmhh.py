@@ -97,12 +97,16 @@ class CMHH(DCMH):
     #: not DCMH's recipe (no code of CMHH's authors was found): the global ``train`` settings, PyTorch's default init
     train_defaults = {}
     per_item_term = None  # its training_step returns no per-item parts
+    inter_modal_term = "focal"  # the focal pairwise loss couples the two nets
 
     def __init__(self, params: CMHHParams, info: DataInfo, bits: int) -> None:
         super().__init__(params, info, bits)
         # tanh hash layer on both nets: DCMH's initialisation, buffers and encode see tanh outputs.
         self.image_net = torch.nn.Sequential(self.image_net, TemperedTanh())
         self.text_net = torch.nn.Sequential(self.text_net, TemperedTanh())
+
+    def representation_inputs(self) -> dict[str, torch.nn.Module]:
+        return {"image": self.image_net[0].head, "text": self.text_net[0].head}  # inside the tanh wrappers
 
     def distributed_loss_scale(self, local_n: int, global_n: int) -> float:
         return local_n / global_n  # the focal and quantization terms are means over the batch

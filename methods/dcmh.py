@@ -164,6 +164,7 @@ class DCMH(HashMethod):
     supports_distributed = True
     paper = "Q.-Y. Jiang and W.-J. Li. Deep Cross-Modal Hashing. CVPR 2017."
     per_item_term = "likelihood"  # training_step's "per_item": each batch row's likelihood part
+    inter_modal_term = "likelihood"  # the pairwise likelihood couples F and G
     #: the authors' code's training recipe (sources in the module docstring); epochs are the suite's
     train_defaults = {
         "batch_size": 128,
@@ -216,6 +217,9 @@ class DCMH(HashMethod):
 
     def phases(self, epoch: int) -> list[str]:
         return ["image", "text"]
+
+    def representation_inputs(self) -> dict[str, torch.nn.Module]:
+        return {"image": self.image_net.head, "text": self.text_net.head}  # the MLP heads take the trunks' features
 
     @torch.no_grad()
     def on_train_start(self, data: TrainData) -> None:

@@ -191,6 +191,8 @@ class MFPMC(HashMethod):
     # H^x/H^y rows synchronised after every step, J1's balance from the ranks' summed batch sums, W/V/B on rank 0
     # broadcast; L_p (a softmax over the global batch's pairs) with its 1-worker gradient (_global_lfpmc)
     supports_distributed = True
+    per_item_term = "j1_likelihood"  # training_step's "per_item": each batch item's part of J1's likelihood
+    inter_modal_term = "j1_likelihood"
     paper = (
         "W. Deng, Y. Zhao, W. Yang, B. Zhang, H. Li, S. Ye. Cross-Modal Hash Method Based on Multi-Scale Fusion "
         "and Projection Matching Constraint. Laser & Optoelectronics Progress 59(24): 2410006, 2022."
@@ -225,6 +227,9 @@ class MFPMC(HashMethod):
 
     def phases(self, epoch: int) -> list[str]:
         return ["joint"]
+
+    def representation_inputs(self) -> dict[str, torch.nn.Module]:
+        return {"image": self.image_net.head, "text": self.text_net.head}  # after IMFM / TMFM and the trunk
 
     def distributed_loss_scale(self, local_n: int, global_n: int) -> float:
         return local_n / global_n if self.params.normalize != "none" else 1.0
@@ -285,7 +290,8 @@ class MFPMC(HashMethod):
         s = self._similarity(lab, self.train_labels, p.j1_similarity)
         # clones: the buffers are refreshed in place below, before the loop backpropagates
         hy_all, hx_all = self.Hy_buf.clone(), self.Hx_buf.clone()
-        nll = pairwise_nll(hx, hy_all, s, scale=0.5, reduction="sum") + pairwise_nll(hy, hx_all, s, scale=0.5, reduction="sum")
+        nll_rows = pairwise_nll(hx, hy_all, s, scale=0.5, reduction="rows") + pairwise_nll(hy, hx_all, s, scale=0.5, reduction="rows")
+        nll = nll_rows.sum()
         if self.shard_info is None:
             scale = n / bsz - 1.0
             bal = bit_balance_loss(hx, offset=scale * hx.detach().sum(0)) + bit_balance_loss(hy, offset=scale * hy.detach().sum(0))
@@ -319,7 +325,10 @@ class MFPMC(HashMethod):
             self.Hx_buf[idx] = hx.detach().to(self.Hx_buf.dtype)
             self.Hy_buf[idx] = hy.detach().to(self.Hy_buf.dtype)
         total = sum(terms.values())
-        return {"loss": total, **terms}
+        out = {"loss": total, **terms}
+        if self.per_item_requested:  # each batch item's share of J1's likelihood (its image row + its text row)
+            out["per_item"] = k["j1"] * p.gamma * nll_rows
+        return out
 
     def _global_lfpmc(self, fx: torch.Tensor, fy: torch.Tensor, lab: torch.Tensor) -> torch.Tensor:
         """L_p of the whole global batch on a data-parallel rank, with the 1-worker gradient. Each row ``i``'s KL

@@ -98,6 +98,7 @@ class PRDH(DCMH):
     #: global ``train`` settings, under which its measured numbers (module docstring) were taken
     train_defaults = {}
     per_item_term = None  # its training_step returns no per-item parts
+    inter_modal_term = "inter"
 
     def training_step(self, batch: dict[str, torch.Tensor], phase: str) -> dict[str, torch.Tensor]:
         net, own, other, x = self._phase_io(phase, batch)

@@ -73,10 +73,15 @@ def modules_of(method: str) -> list[str]:
     return sorted(seen)
 
 
+#: the loop's plug-ins (pipeline/train/plugins.py and the mechanisms it wires in): part of the code of a trial
+#: that switches any plug-in on, and only of those (so trials without plug-ins keep their keys)
+PLUGIN_MODULES = ("pipeline.train.plugins", "pipeline.train.representation")
+
+
 @functools.lru_cache(maxsize=None)
-def code_hash(method: str) -> str:
-    """sha256 over the normalised code of :func:`modules_of` ``method``."""
+def code_hash(method: str, plugins: bool = False) -> str:
+    """sha256 over the normalised code of :func:`modules_of` ``method`` (and :data:`PLUGIN_MODULES` with ``plugins``)."""
     h = hashlib.sha256()
-    for name in modules_of(method):
+    for name in modules_of(method) + (list(PLUGIN_MODULES) if plugins else []):
         h.update(name.encode() + b"\0" + _module_source(name)[0].encode() + b"\0")
     return h.hexdigest()

@@ -79,7 +79,20 @@ class TemperatureConfig(_Strict):
 
     start: float = Field(4.0, gt=0)
     end: float = Field(1.0, gt=0)
-    schedule: Literal["geometric", "linear"] = "geometric"
+    schedule: Literal["geometric", "linear", "plateau"] = Field(
+        "geometric",
+        description="geometric / linear: fixed, from start to end over the epochs; plateau: start, multiplied by factor "
+        "(never below end) whenever the monitored metric has not improved by min_delta for patience epochs",
+    )
+    monitor: str = Field(
+        "loss",
+        description="plateau: the metric that drives T: 'loss' (the epoch's summed training loss, lower is better; the bench "
+        "has no validation split) or an epoch metric's name, e.g. 'i2t/map@all' (the validation metric in tuning mode)",
+    )
+    mode: Literal["auto", "min", "max"] = Field("auto", description="plateau: auto = min for 'loss' and loss/* metrics, max otherwise")
+    patience: int = Field(2, ge=1)
+    factor: float = Field(0.5, gt=0, lt=1)
+    min_delta: float = Field(0.0, ge=0, description="plateau: relative improvement below which an epoch does not count as better")
 
 
 class GradBalanceConfig(_Strict):
@@ -120,6 +133,72 @@ class TermGradConfig(_Strict):
     scale: dict[str, float] = {}
 
 
+class HeadOnlyConfig(_Strict):
+    """Head-only phase at each stage switch (paper 000, Sec. 4.3): the first ``steps`` mini-batches of every
+    phase of a stage-switch epoch update only the layers attached to the hash output (every Linear whose width
+    is the code length); the others keep their values. Stage switches: the epochs listed in ``epochs``, each
+    epoch where the plateau temperature is lowered, and the epoch where grad_balance's late boost starts."""
+
+    steps: int = Field(5, ge=1, description="mini-batches per phase of the head-only phase")
+    epochs: list[int] = Field([], description="explicit stage-switch epochs (0-based), besides the plug-ins' own")
+
+
+class CalibrationConfig(_Strict):
+    """Feature calibration after each backbone (paper 000, Sec. 4.1): per modality, a re-weighting of the backbone
+    features (init 1) and, for images, a per-item gate ``2 sigmoid(u . x / sqrt(d) + c)`` (init 1); updated only by
+    the method's inter-modal term (``HashMethod.inter_modal_term``), with its own optimizer."""
+
+    lr: float = Field(1e-3, gt=0, description="Adam learning rate of the calibration parameters")
+    gate: bool = Field(True, description="the image gate (text has re-weighting only)")
+
+
+class ReplayConfig(_Strict):
+    """Hard-pair replay (paper 000, Sec. 4.1): after each phase's pass, the ``size`` items of highest EMA loss
+    (``decay``) of the method's per-item term are replayed in mini-batches, once, with stronger augmentation:
+    feature vectors: dropout ``dropout`` + Gaussian noise ``noise`` (in units of the batch's per-feature std);
+    bag-of-words: each word dropped with probability ``word_dropout``; pixels: random crop after ``crop`` pixels
+    of reflection padding, brightness and contrast jitter of +-``jitter``."""
+
+    size: int = Field(128, ge=1)
+    decay: float = Field(0.9, ge=0, lt=1)
+    start_epoch: int = Field(1, ge=0, description="first epoch with replay (the EMAs fill before)")
+    dropout: float = Field(0.2, ge=0, lt=1)
+    noise: float = Field(0.1, ge=0)
+    word_dropout: float = Field(0.2, ge=0, lt=1)
+    crop: int = Field(4, ge=0)
+    jitter: float = Field(0.2, ge=0, lt=1)
+
+
+class ModalityScaleConfig(_Strict):
+    """Modality-level gradient scaling (paper 000, Sec. 4.1): each modality's inter-modal loss ``L_m`` (EMA
+    ``momentum`` of its passes' batch values) sets the scale ``c_m = M L_m / sum_j L_j`` (mean 1, clipped to
+    ``[min_scale, max_scale]``) of the gradient of that modality's pass, so the weaker (higher-loss) modality
+    gets more. Needs a method whose phases are its modalities (DCMH's image / text passes)."""
+
+    momentum: float = Field(0.9, ge=0, lt=1)
+    min_scale: float = Field(0.25, gt=0, le=1)
+    max_scale: float = Field(4.0, ge=1)
+
+
+class GradStatsConfig(_Strict):
+    """Per-channel (image) / per-feature (text) gradient-norm statistics of high-loss samples (paper 000, Sec. 4.1):
+    per batch, the items whose per-item loss is at or above the batch's ``quantile``; the norm of the inter-modal
+    term's gradient on each backbone feature, accumulated per epoch; a feature is unstable when its norm exceeds
+    ``z`` standard deviations above the mean over features."""
+
+    quantile: float = Field(0.8, ge=0, lt=1)
+    z: float = Field(2.0, gt=0)
+
+
+class DiagnosticsConfig(_Strict):
+    """Per-epoch diagnostics (paper 000, Sec. 5), logged as ``diag/*`` metrics: bit flips of the training codes,
+    per-term gradient variance on the hash layer, hard-set size and exit times (items whose EMA loss, ``decay``,
+    exceeds the mean EMA by more than ``hard_z`` standard deviations)."""
+
+    decay: float = Field(0.9, ge=0, lt=1)
+    hard_z: float = Field(1.5, gt=0)
+
+
 class PluginsConfig(_Strict):
     """Training-time plug-ins of the shared loop (pipeline/train/plugins.py), each off unless given; any
     combination works, for every method that offers the hook a plug-in needs."""
@@ -128,6 +207,12 @@ class PluginsConfig(_Strict):
     grad_balance: GradBalanceConfig | None = None
     hard_pairs: HardPairsConfig | None = None
     term_grad: TermGradConfig | None = None
+    head_only: HeadOnlyConfig | None = None
+    calibration: CalibrationConfig | None = None
+    replay: ReplayConfig | None = None
+    modality_scale: ModalityScaleConfig | None = None
+    grad_stats: GradStatsConfig | None = None
+    diagnostics: DiagnosticsConfig | None = None
 
     def active(self) -> bool:
         return any(getattr(self, k) is not None for k in type(self).model_fields)

@@ -122,7 +122,7 @@ def resolve_trial(params: Params, req: TrialRequest) -> TrialSpec:
         dataset_params=params.dataset_params(req.dataset).model_dump(mode="json"),
         train=train,
         eval=eval_cfg,
-        code_sha256=code_hash(impl),
+        code_sha256=code_hash(impl, plugins=train.plugins.active()),
     )
 
 

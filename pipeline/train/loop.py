@@ -304,10 +304,10 @@ def fit(
     schedule = spec.train.lr_schedule
     lr0 = spec.train.optimizer.lr
     base_lrs = {phase: [g["lr"] for g in opt.param_groups] for phase, opt in opts.items()}
-    plugins = make_plugins(spec.train.plugins, method, spec, len(part), n_epochs)
-    if plugins is not None and plugins.shapes_loss and (world > 1 or spec.train.precision == "fp16"):
+    plugins = make_plugins(spec.train.plugins, method, spec, len(part), n_epochs, train_data)
+    if plugins is not None and plugins.single_worker and (world > 1 or spec.train.precision == "fp16"):
         raise TrainingError(
-            f"{spec.key()}: train.plugins grad_balance / hard_pairs / term_grad backpropagate each loss term themselves, "
+            f"{spec.key()}: train.plugins other than temperature act on each step's loss terms and gradients, "
             "which is implemented for one worker without a gradient scaler: set resources.num_workers: 1 and train.precision: fp32 or bf16"
         )
     train_data.extras["epochs"] = n_epochs  # e.g. a schedule over the run (ltdual's cosine_epochs: train)
@@ -331,6 +331,38 @@ def fit(
     if world > 1:  # one starting point on every rank (rank 0's initialisation and on_train_start state)
         distributed.broadcast_parameters(method)
         distributed.broadcast_buffers(method)
+    def clip_and_step(opt):
+        if spec.train.grad_clip:
+            amp.unscale(opt)
+            torch.nn.utils.clip_grad_norm_(method.parameters(), spec.train.grad_clip)
+        amp.step(opt)
+
+    def one_step(batch, phase, opt, params_, sums, counts, epoch, tag=""):
+        """One single-worker step: forward, backward (through the plug-ins), clip, optimizer step; losses summed under ``loss/<tag><phase>/``."""
+        with amp.autocast():
+            losses = method.training_step(batch, phase)
+        total = losses["loss"]
+        if not torch.isfinite(total):
+            raise TrainingError(
+                f"{spec.key()}: non-finite loss in epoch {epoch}, phase {phase!r}: "
+                + ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items() if k != "per_item")
+            )
+        if plugins is not None:
+            plugins.before_backward(losses, batch, params_, phase)
+        if plugins is not None and plugins.shapes_loss:
+            plugins.backward(losses, batch, params_, phase)
+        else:
+            amp.backward(total)
+        if plugins is not None:
+            plugins.after_backward(params_, phase)
+        for name, value in losses.items():
+            if name == "per_item":
+                continue
+            key = f"loss/{tag}{phase}/{name}"
+            sums[key] += float(value.detach())
+            counts[key] += 1
+        clip_and_step(opt)
+
     for epoch in range(first_epoch, n_epochs):
         te = time.perf_counter()
         sums: dict[str, float] = defaultdict(float)
@@ -384,31 +416,14 @@ def fit(
                         distributed.all_reduce_gradients([p for g in opt.param_groups for p in g["params"]], scale, finite)
                     except TrainingError as exc:
                         raise TrainingError(f"{spec.key()}: epoch {epoch}, phase {phase!r}: {exc}") from None
+                    clip_and_step(opt)
                 else:
-                    batch = part.batch(local, device=dev, **pin)
-                    with amp.autocast():
-                        losses = method.training_step(batch, phase)
-                    total = losses["loss"]
-                    if not torch.isfinite(total):
-                        raise TrainingError(
-                            f"{spec.key()}: non-finite loss in epoch {epoch}, phase {phase!r}: "
-                            + ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items() if k != "per_item")
-                        )
-                    if plugins is not None and plugins.shapes_loss:
-                        plugins.backward(losses, batch, params_, phase)
-                    else:
-                        amp.backward(total)
-                    for name, value in losses.items():
-                        if name == "per_item":
-                            continue
-                        key = f"loss/{phase}/{name}"
-                        sums[key] += float(value.detach())
-                        counts[key] += 1
-                if spec.train.grad_clip:
-                    amp.unscale(opt)
-                    torch.nn.utils.clip_grad_norm_(method.parameters(), spec.train.grad_clip)
-                amp.step(opt)
+                    one_step(part.batch(local, device=dev, **pin), phase, opt, params_, sums, counts, epoch)
             method.shard_info = None
+            if plugins is not None and world == 1:  # paper 000's hard-pair replay: extra steps on the hardest items
+                for batch in plugins.replay_batches(phase, part, bs, dev):
+                    opt.zero_grad(set_to_none=True)
+                    one_step(batch, phase, opt, params_, sums, counts, epoch, tag="replay/")
             if world > 1:
                 distributed.gather_item_rows(method, method.distributed_item_buffers(phase), np.concatenate(owned) if owned else np.zeros(0, np.int64))
         if world > 1:  # the global batches' losses: sum over ranks of loss_r * n_r / n, per batch of the phase
@@ -432,6 +447,8 @@ def fit(
             raise TrainingError(f"{spec.key()}: non-finite values after epoch {epoch}: {bad}")
         if after_epoch is not None:
             after_epoch(epoch, metrics)
+        if plugins is not None:
+            plugins.observe(epoch, metrics)  # e.g. the plateau temperature, from this epoch's (validation) metrics
         history.append({"epoch": epoch, **metrics})
         observer.on_epoch(epoch, metrics)
         if checkpoint is not None and checkpoint.due(epoch + 1, n_epochs):
