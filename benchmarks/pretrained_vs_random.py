@@ -80,7 +80,7 @@ class Progress:
         self.label, self.t0 = label, time.perf_counter()
 
     def on_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
-        print(f"  {self.label} epoch {epoch + 1}: loss {metrics.get('loss', float('nan')):.4f} ({time.perf_counter() - self.t0:.0f} s)", flush=True)
+        print(f"  {self.label} epoch {epoch + 1}: loss {metrics.get('loss/joint/loss', float('nan')):.4f} ({time.perf_counter() - self.t0:.0f} s)", flush=True)
 
 
 def spec_for(work: Path, method: str, pretrained: bool, args) -> object:
@@ -135,7 +135,7 @@ def main() -> None:
                 "method": method, "init": out.tags.get("hashbench.init", "?"), "map@all": round(m[key], 4),
                 "map@1000": round(m[key.replace("map@all", "map@1000")], 4), "train_s": round(out.train_seconds, 1),
                 "eval_s": round(out.eval_seconds, 1), "wall_s": round(wall, 1), "epochs": args.epochs, "size": args.size,
-                "bits": args.bits, "backbone_lr_mult": args.backbone_lr_mult, "loss_last": round(out.history[-1].get("loss", float("nan")), 4),
+                "bits": args.bits, "backbone_lr_mult": args.backbone_lr_mult, "loss_last": round(out.history[-1].get("loss/joint/loss", float("nan")), 4),
             }
             rows.append(row)
             print(json.dumps(row), flush=True)
