@@ -138,6 +138,14 @@ class HashMethod(torch.nn.Module):
     #: the method's docstring. It overrides params.yaml's global ``train`` block; ``methods.<name>.train``
     #: and a suite's ``train`` override it. Subclasses inherit it unless they set their own.
     train_defaults: ClassVar[Mapping[str, Any]] = {}
+    #: The paper's own setup on pixel data, applied in suites with ``network: paper`` (the full profile):
+    #: ``{"params": {...}, "train": {...}}``, method parameters (the image network, its ImageNet weights entry,
+    #: input size, head) and a partial ``train`` block (optimiser, schedule, epochs, batch size, backbone lr
+    #: ratio) from the paper or its authors' code, each value's source in the method's docstring. It sits
+    #: above ``train_defaults`` and below params.yaml's ``methods.<name>`` block and the suite's settings.
+    #: Kept apart from ``train_defaults`` because the recipes are for fine-tuning a pretrained network:
+    #: the CPU suites on features (demo, cpu) keep their own settings and trial keys.
+    paper_setup: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
     #: True when the method's hash activation is ``tanh(z / hash_temperature)`` (through :meth:`squash`), so the
     #: loop's temperature plug-in (pipeline/train/plugins.py) may set ``hash_temperature`` each epoch.
     supports_temperature: ClassVar[bool] = False

@@ -35,6 +35,11 @@ Uncertain points (from memory of the paper; no copy is in shared/papers):
 * ``beta``: the paper ties the exponential's scale to the Hamming radius ``H`` (default 2). By default
   we take ``beta = ln 2 / H``, i.e. a pair at distance exactly ``H`` has similarity probability 1/2;
   set ``beta`` to override.
+* Paper setup (``paper_setup``, suites with ``network: paper``): CNN-F with MatConvNet's ImageNet weights
+  as the image network, the hash layer in place of fc8 (``image_hidden: []``): paper 001 (Sec. 3.2) states
+  that every deep baseline of its comparison, CMHH included, uses CNN-F for images. No optimiser,
+  schedule, epochs or batch size of CMHH's could be verified (the re-implementation's SGD with momentum 0.9
+  is not the authors'), so none is set: the global ``train`` block applies (a deviation).
 * Training recipe: CMHH subclasses DCMH's loop but not DCMH's authors' recipe (methods/dcmh.py): no code of
   CMHH's authors was found, so it trains with the global ``train`` settings and PyTorch's default layer
   init (``train_defaults = {}``).
@@ -62,6 +67,7 @@ from methods.base import DataInfo, MethodParams, TemperedTanh
 from methods.dcmh import DCMH
 from methods.losses import similarity_from_labels
 from methods.losses.crossmodal import balance_weights, continuous_hamming, exponential_focal_loss
+from methods.nets.cnnf import CNNF_PAPER_IMAGE
 from methods.registry import register_method
 
 
@@ -96,6 +102,8 @@ class CMHH(DCMH):
     paper = "Y. Cao, B. Liu, M. Long, J. Wang. Cross-Modal Hamming Hashing. ECCV 2018."
     #: not DCMH's recipe (no code of CMHH's authors was found): the global ``train`` settings, PyTorch's default init
     train_defaults = {}
+    #: the image network every deep baseline of paper 001 uses (ImageNet CNN-F); no recipe verified (module docstring)
+    paper_setup = {"params": CNNF_PAPER_IMAGE}
     per_item_term = None  # its training_step returns no per-item parts
     inter_modal_term = "focal"  # the focal pairwise loss couples the two nets
 

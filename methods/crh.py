@@ -32,6 +32,11 @@ not the loss formulas or most constants). Sections below refer to that article.
   one head. At the collision edge (2^d = M, e.g. the 8-label synthetic set: M = 16, d = 4) every sub-code
   of a head is a centre and neighbouring centres differ in one bit; there 4 epochs reached mAP 0.452
   (random 0.443) against 0.522 with ``head_bits: 8`` (tests/test_crh.py, 16 bits).
+* Paper setup (``paper_setup``, suites with ``network: paper``): ResNet-34 with ImageNet weights (Sec. 2.2:
+  "a deep network such as ResNet-34"; ``backbone: resnet34``, ``weights: resnet34_imagenet1k_v1``, the hash
+  layer on the 512-d pooled features, ``hidden: []``), 224 px input, torchvision's ImageNet normalisation.
+  The article states no optimiser, learning rate, schedule, epochs or batch size, so none is set (the
+  global ``train`` block applies): not verified, a deviation to be read with every full-profile CRH number.
 * Ablations (Table 2): CRH-M = ``multi_head: false`` (one head, centres reassigned); CRH-U =
   ``reassign: false, multi_head: false`` (one head, the initial random centres kept). The article (line 38
   of the copy) measures CRH-U's loss "relative to CRH-M, which keeps the reassignment" (1.76%-3.08% mAP),
@@ -104,6 +109,8 @@ class CRH(ImageHashMethod):
     Params = CRHParams
     supports_temperature = True  # h = tanh(z / T) feeds the margin loss and the codes
     supports_distributed = True  # per-item mean losses: sharded global batches + gradient all-reduce
+    #: the article's network (module docstring); it states no recipe
+    paper_setup = {"params": {"backbone": "resnet34", "weights": "resnet34_imagenet1k_v1", "hidden": [], "input_size": 224}}
     paper = "Codebook-Centric Deep Hashing (Center-Reassigned Hashing, CRH). AAAI 2026, arXiv 2511.12162."
 
     def __init__(self, params: CRHParams, info: DataInfo, bits: int) -> None:

@@ -39,7 +39,13 @@ search tool:
   On features (Wikipedia) the whole image MLP is drawn so.
 * ``balance_f1``: the authors' code uses the stored rows of the other items (``stale``); ``auto`` (the
   default) takes ``stale`` under SGD and ``drift`` under an adaptive optimiser (Adam, AdamW), see below.
-* 500 epochs (``MAX_ITER``/``maxIter``) on a pretrained CNN-F: **not** in the recipe. The CPU suites train
+* Paper setup (``paper_setup``, suites with ``network: paper``, i.e. the full profile): the image network
+  is CNN-F with MatConvNet's ImageNet weights (``image_backbone: cnnf``, ``image_weights:
+  cnnf_imagenet_vgg_f``, paper Sec. 3.1 / 4.1 and ``net_structure_img`` of both demos: fc8 replaced by the
+  K-unit hash layer, so ``image_hidden: []``), 224 x 224 input minus the ImageNet mean colour (the MATLAB
+  demo's ``normalization.averageImage``; :mod:`methods.nets.cnnf`), 500 epochs (``MAX_ITER``/``maxIter``).
+  Not verified: whether the demos augment (we do not).
+* 500 epochs (``MAX_ITER``/``maxIter``) on a pretrained CNN-F: **not** in the recipe (``train_defaults``). The CPU suites train
   30 epochs of MLPs on features, so the same schedule is compressed about 16x and the N(0, 0.01) net,
   whose small outputs make every likelihood gradient small, is under-trained there (measured in the
   README's DCMH section); suites set ``train.epochs`` themselves.
@@ -102,6 +108,7 @@ from pydantic import Field
 from methods.base import DataInfo, HashMethod, LayerInit, MethodParams, TrainData
 from methods.losses import bit_balance_loss, pairwise_nll, quantization_loss, similarity_from_labels
 from methods.nets import build_encoder
+from methods.nets.cnnf import CNNF_PAPER_IMAGE
 from methods.registry import register_method
 from pipeline.core.errors import MethodError
 
@@ -172,6 +179,8 @@ class DCMH(HashMethod):
         "optimizer": {"name": "sgd", "lr": 10**-1.5, "momentum": 0.0, "weight_decay": 0.0},
         "lr_schedule": {"name": "linear", "final_lr": 1e-6},
     }
+    #: the paper's network (ImageNet CNN-F, hash layer for fc8) and the demos' 500 epochs (module docstring)
+    paper_setup = {"params": CNNF_PAPER_IMAGE, "train": {"epochs": 500}}
 
     def __init__(self, params: DCMHParams, info: DataInfo, bits: int) -> None:
         super().__init__(params, info, bits)

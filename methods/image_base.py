@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_serializer
 
 from methods.base import DataInfo, HashMethod, MethodParams
 from methods.nets import build_encoder
@@ -23,11 +23,20 @@ from pipeline.core.errors import MethodError
 class EncoderParams(MethodParams):
     """The encoder block shared by the image methods, and the seed of their fixed targets."""
 
-    backbone: str = Field("auto", description="'auto' (MLP on features, small CNN on pixels), 'mlp', 'small_cnn' or a torchvision model name")
+    backbone: str = Field("auto", description="'auto' (MLP on features, small CNN on pixels), 'mlp', 'small_cnn', 'cnnf', 'efficientnet_lite0' or a torchvision model name (alexnet, vgg16, resnet34, resnet50, ...)")
     hidden: tuple[int, ...] = Field((1024,), description="hidden widths of the MLP head before the K-unit hash layer")
     dropout: float = Field(0.0, ge=0, lt=1, description="dropout after every hidden layer of the head")
     weights: str | None = Field(None, description="pretrained weights of the pixel backbone: a weights entry (e.g. resnet50, alexnet; `hashbench fetch-weights`) or a local state_dict file; none = random init (tagged)")
     seed: int | None = Field(None, description="seed of the method's fixed targets (hash centres, class codes, codebook); None = drawn from the trial-seeded torch RNG")
+    input_size: int | None = Field(None, ge=8, description="resize pixel batches to this side before a pretrainable backbone (the papers: 224); None = as prepared")
+
+    @model_serializer(mode="wrap")
+    def _without_unset_input_size(self, handler):
+        """Leave ``input_size`` out of dumps while None, so trial keys without it do not change."""
+        data = handler(self)
+        if isinstance(data, dict) and self.input_size is None:
+            data.pop("input_size", None)
+        return data
 
 
 class ImageHashMethod(HashMethod):
@@ -40,7 +49,9 @@ class ImageHashMethod(HashMethod):
     def __init__(self, params: EncoderParams, info: DataInfo, bits: int) -> None:
         super().__init__(params, info, bits)
         self.target_seed = params.seed if params.seed is not None else int(torch.randint(0, 2**62, (1,)).item())
-        self.net = build_encoder(info.modalities["image"], self.bits, params.backbone, params.hidden, params.dropout, weights=params.weights)
+        self.net = build_encoder(
+            info.modalities["image"], self.bits, params.backbone, params.hidden, params.dropout, weights=params.weights, input_size=params.input_size
+        )
 
     def generator(self) -> torch.Generator:
         """A fresh torch generator seeded with the targets' seed."""

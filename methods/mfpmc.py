@@ -78,12 +78,17 @@ Reconstructions and deviations (each is a parameter where it is a choice):
   ``loss`` is the batch estimate of J. ``refresh: true`` recomputes H^x, H^y by a forward pass with the
   trained networks before the closed-form steps (the paper fixes the networks first); ``false`` uses the
   codes stored during the pass (DCMH's practice, no extra pass).
-* Optimiser: the pipeline's (``train.optimizer``, Adam by default); the paper says SGD.
+* Optimiser: the pipeline's (``train.optimizer``, Adam by default); the paper says SGD (Sec. 2.5).
 * Data-parallel training (not in the paper): H^x/H^y rows are copied to every rank after each step, J1's
   balance uses the global batch's sums over the ranks, and L_p is computed over the global batch's pairs
   with its exact gradient (``_global_lfpmc``: each rank's rows against the gathered features, the gradient on
   those summed over the ranks); W, V, B are solved on every rank from identical inputs and rank 0's are
   broadcast. ``normalize: none`` under several workers sums the mean terms (L_p, L_adv) over the ranks.
+* Paper setup (``paper_setup``, suites with ``network: paper``): CNN-F with MatConvNet's ImageNet weights
+  behind IMFM (Sec. 2.1, Table 1: ``image_backbone: cnnf``, ``image_weights: cnnf_imagenet_vgg_f``), 224 px
+  input, and SGD (Sec. 2.5: "stochastic gradient descent" for the network parameters). Not stated in the
+  paper and therefore not verified: learning rate, momentum, schedule, epochs and batch size; we keep the
+  global lr (1e-3), batch and epochs with SGD momentum 0.9 (torch's usual value, ours).
 
 Measured with the paper's weighting (``normalize: paper``), Wikipedia, 16 bits, ``image_hidden: [512]``,
 ``text_hidden: [512, 512]``, Adam 1e-3, batch 128, mAP@all i2t / t2i (random codes 0.111): 10 epochs seed 0
@@ -128,6 +133,7 @@ from methods.losses.mfpmc import (
     solve_v,
     solve_w,
 )
+from methods.nets.cnnf import CNNF_IMAGENET
 from methods.nets.mfpmc_nets import IMFM_POOLS, TMFM_POOLS, ModalityDiscriminator, build_image_net, build_text_net, grad_reverse
 from methods.registry import register_method, register_variant
 from pipeline.core.errors import MethodError
@@ -193,6 +199,11 @@ class MFPMC(HashMethod):
     supports_distributed = True
     per_item_term = "j1_likelihood"  # training_step's "per_item": each batch item's part of J1's likelihood
     inter_modal_term = "j1_likelihood"
+    #: the paper's image network and optimiser (module docstring: what the paper does not state is ours)
+    paper_setup = {
+        "params": {"image_backbone": "cnnf", "image_weights": CNNF_IMAGENET},
+        "train": {"optimizer": {"name": "sgd", "momentum": 0.9}},
+    }
     paper = (
         "W. Deng, Y. Zhao, W. Yang, B. Zhang, H. Li, S. Ye. Cross-Modal Hash Method Based on Multi-Scale Fusion "
         "and Projection Matching Constraint. Laser & Optoelectronics Progress 59(24): 2410006, 2022."

@@ -24,6 +24,23 @@ Recalled from the paper (no copy in /work/shared/papers; values to be checked ag
   quantization term ``lambda_q * mean(1 - cos(v, sign v))`` (the paper shows it is mostly unnecessary;
   default weight 0.0 here -- unsure of the paper's exact value).
 * BatchNorm is ``affine=False`` (our choice, so it cannot rescale bits away from balance).
+
+Paper setup (``paper_setup``, suites with ``network: paper``), from the authors' released code (github
+kamwoh/orthohash: ``main.py`` at commit 0059387, ``configs.py``, ``models/alexnet.py``, read through the
+project's search tool):
+
+* AlexNet with ImageNet weights up to fc7 (4096, ReLU), then the hash layer ``Linear(4096, K)`` + BatchNorm
+  (``backbone: alexnet``, ``weights: alexnet_imagenet1k_v1``, ``hidden: []``; ``models/alexnet.py``), 224 px
+  (``crop: 224``), ImageNet mean/std (``norm: 2``). The paper's VGG-16 rows: ``backbone: vgg16, weights:
+  vgg16_imagenet1k_v1`` in a suite's method_params.
+* Adam, lr 1e-4, betas (0.9, 0.999), weight decay 5e-4 (``optim_kwargs``); one rate for backbone and head
+  (``configs.optimizer`` gets ``model.parameters()``); ``StepLR(step_size=int(0.8 * epochs), gamma=0.1)``
+  stepped per epoch (``lr_schedule: {name: step, step_fraction: 0.8, gamma: 0.1}``); 100 epochs; batch 256.
+
+Deviations of the paper setup: no training augmentation (the authors' resize 256 + random crop 224 +
+horizontal flip for NUS-WIDE/COCO, random resized crop for ImageNet-100, flip + light colour jitter on
+CIFAR); the hash layer keeps a bias and an ``affine=False`` BatchNorm (theirs: no bias, affine BN, weights
+N(0, 0.01)).
 """
 
 from __future__ import annotations
@@ -67,6 +84,16 @@ class OrthoHash(ImageHashMethod):
     name = "orthohash"
     Params = OrthoHashParams
     supports_distributed = True  # per-item mean losses: sharded global batches + gradient all-reduce
+    #: the authors' code's network and recipe (module docstring, with sources and deviations)
+    paper_setup = {
+        "params": {"backbone": "alexnet", "weights": "alexnet_imagenet1k_v1", "hidden": [], "input_size": 224},
+        "train": {
+            "epochs": 100,
+            "batch_size": 256,
+            "optimizer": {"name": "adam", "lr": 1e-4, "weight_decay": 5e-4},
+            "lr_schedule": {"name": "step", "step_fraction": 0.8, "gamma": 0.1},
+        },
+    }
     paper = "J. T. Hoe et al. One Loss for All: Deep Hashing with a Single Cosine Similarity based Learning Objective. NeurIPS 2021."
 
     def __init__(self, params: OrthoHashParams, info: DataInfo, bits: int) -> None:

@@ -33,6 +33,12 @@ Deviations / uncertain points (written from memory of the paper; no copy of it i
   subclassing (buffers, phases, ``B = sign(F + G)`` in ``on_epoch_end``, initialisation, encoding).
 * ``eta`` (DCMH's bit-balance term) is not part of PRDH's objective as we recall it; the option is kept
   (default 0) with DCMH's ``balance_f1`` estimators, because the authors' lineage of code adds it.
+* Paper setup (``paper_setup``, suites with ``network: paper``): CNN-F with MatConvNet's ImageNet weights
+  as the image network, the hash layer in place of fc8 (``image_hidden: []``): PRDH's own paper is not
+  here, but paper 001 (Sec. 3.2) states that every deep baseline of its comparison, PRDH included, uses
+  CNN-F for images. No optimiser, schedule, epochs or batch size of PRDH's could be verified (the
+  re-implementation's SGD 10^-1.5 over 500 epochs is not the authors'), so none is set: the global
+  ``train`` block applies, a deviation to be read with every full-profile PRDH number.
 * Training recipe: PRDH subclasses DCMH but does NOT take DCMH's authors' recipe (SGD schedule, random
   batches, N(0, 0.01) init; methods/dcmh.py): no code of PRDH's authors could be found, and the
   re-implementation above is not theirs. It trains with the global ``train`` settings and PyTorch's default
@@ -63,6 +69,7 @@ from methods.base import MethodParams
 from methods.dcmh import DCMH
 from methods.losses import bit_balance_loss, pairwise_nll, quantization_loss, similarity_from_labels
 from methods.losses.crossmodal import decorrelation_loss
+from methods.nets.cnnf import CNNF_PAPER_IMAGE
 from methods.registry import register_method
 
 
@@ -97,6 +104,8 @@ class PRDH(DCMH):
     #: not DCMH's recipe: no code of PRDH's authors was found (session of issue 19), so PRDH trains with the
     #: global ``train`` settings, under which its measured numbers (module docstring) were taken
     train_defaults = {}
+    #: the image network every deep baseline of paper 001 uses (ImageNet CNN-F); no recipe verified (module docstring)
+    paper_setup = {"params": CNNF_PAPER_IMAGE}
     per_item_term = None  # its training_step returns no per-item parts
     inter_modal_term = "inter"
 

@@ -329,11 +329,43 @@ def _list_resolved(args) -> int:
     params = _params(args)
     trials = [t for member in params.members(args.resolved) for t in expand_suite(params, member)]
     print(f"suite {args.resolved}: {len(trials)} trials (training key = dataset/method/bits/seed/hash; data hash added by bench)")
+    shown: set[str] = set()
+    for t in trials:  # one line per method: its network (backbone + weights) and training recipe
+        if t.name in shown:
+            continue
+        shown.add(t.name)
+        net = {k: v for k, v in t.method_params.items() if k.endswith(("backbone", "weights", "input_size")) and v is not None}
+        tr = t.train
+        sched = tr.lr_schedule.model_dump(mode="json")
+        recipe = (
+            f"{tr.optimizer.name} lr {tr.optimizer.lr:g}" + (f" (backbone x{tr.optimizer.backbone_lr_mult:g})" if tr.optimizer.backbone_lr_mult != 1.0 else "")
+            + f" wd {tr.optimizer.weight_decay:g}, schedule {json.dumps(sched, sort_keys=True)}, {tr.epochs} epochs, batch {tr.batch_size}, sampler {tr.sampler}"
+        )
+        print(f"  setup {t.name}: network {json.dumps(net, sort_keys=True)}; recipe {recipe}")
     for t in trials:
         print(f"  {t.key()}  [suite {t.suite}]")
         print(f"      protocol={t.protocol} train={json.dumps(t.train.model_dump(mode='json', exclude_defaults=True), sort_keys=True)}")
         print(f"      method_params={json.dumps(t.method_params, sort_keys=True)}")
         print(f"      eval={json.dumps(t.eval.model_dump(mode='json', exclude_defaults=True), sort_keys=True)} eval_key={t.eval_key()[:12]}")
+    return 0
+
+
+def cmd_dvc_vars(args) -> int:
+    """``hashbench dvc-vars``: rewrite dvc-bench.yaml (each bench stage's weights dependencies) from params.yaml."""
+    from pipeline.config import dvcvars
+    from pipeline.core.errors import ConfigError
+
+    params = _params(args)
+    root = _paths(args).root
+    text = dvcvars.render(params)
+    path = Path(root) / dvcvars.BENCH_VARS
+    if args.check:
+        if not path.is_file() or path.read_text() != text:
+            raise ConfigError(f"{path} is out of date with {params.source}: run `hashbench dvc-vars`")
+        print(f"{path}: up to date")
+        return 0
+    path.write_text(text)
+    print(f"written: {path}")
     return 0
 
 
@@ -497,6 +529,10 @@ def build_parser() -> argparse.ArgumentParser:
     fw.add_argument("names", nargs="*", help="weights entries or backbone names (see list-weights)")
     fw.add_argument("--all", action="store_true", help="every registered entry (those that cannot be fetched are listed)")
     fw.set_defaults(func=cmd_fetch_weights)
+
+    dv = sub.add_parser("dvc-vars", help="rewrite dvc-bench.yaml: the weights folders each bench@<suite> stage depends on (from params.yaml)")
+    dv.add_argument("--check", action="store_true", help="only check that the file is up to date (exit 1 otherwise)")
+    dv.set_defaults(func=cmd_dvc_vars)
 
     lw = sub.add_parser("list-weights", help="the pretrained weights registry")
     lw.set_defaults(func=cmd_list_weights)

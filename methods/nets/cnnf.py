@@ -25,6 +25,12 @@ from torch import nn
 
 from pipeline.core.errors import MethodError
 
+#: the weights registry entry of MatConvNet's ImageNet CNN-F (pipeline/data/weights.py, ``hashbench fetch-weights cnnf``)
+CNNF_IMAGENET = "cnnf_imagenet_vgg_f"
+#: the image network of DCMH, PRDH and CMHH in their papers' setup: the ImageNet CNN-F up to fc7 and the hash
+#: layer in place of fc8 (no hidden layer between; DCMH's authors' ``net_structure_img``)
+CNNF_PAPER_IMAGE = {"image_backbone": "cnnf", "image_weights": CNNF_IMAGENET, "image_hidden": []}
+
 #: the MatConvNet CNN-F's mean colour (0-255 scale)
 CNNF_MEAN_RGB = (123.68, 116.78, 103.94)
 #: LocalResponseNorm defaults (size, alpha, beta, k) in PyTorch's convention (alpha divided by size)

@@ -22,6 +22,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from methods.nets.cnnf import CNNF
+from methods.nets.efficientnet_lite import LiteTrunk
 from pipeline.core.types import ModalitySpec
 from pipeline.core.errors import MethodError
 
@@ -151,9 +153,48 @@ def torchvision_trunk(name: str, in_channels: int, weights: str | None = None) -
     return trunk
 
 
+class Resized(nn.Module):
+    """Bilinear resize of (B, C, H, W) batches to ``size`` x ``size`` in front of ``inner`` (the input size a
+    pretrained backbone expects, e.g. 224 for 32-px CIFAR-10 as the papers' code does); a no-op at that size."""
+
+    def __init__(self, inner: nn.Module, size: int) -> None:
+        super().__init__()
+        self.inner = inner
+        self.size = int(size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-2:] != (self.size, self.size):
+            x = torch.nn.functional.interpolate(x.float(), size=(self.size, self.size), mode="bilinear", align_corners=False)
+        return self.inner(x)
+
+
+def backbone_modules(module: nn.Module) -> list[nn.Module]:
+    """The outermost pretrainable pixel backbones inside ``module`` (CNN-F, EfficientNet-Lite0, torchvision trunks):
+    what ``train.optimizer.backbone_lr_mult`` applies to (the loop gives their parameters their own group)."""
+    kinds = (TorchvisionTrunk, CNNF, LiteTrunk)
+    found: list[nn.Module] = []
+
+    def walk(m: nn.Module) -> None:
+        if isinstance(m, kinds):
+            found.append(m)
+            return
+        for child in m.children():
+            walk(child)
+
+    walk(module)
+    return found
+
+
+def backbone_parameter_ids(module: nn.Module) -> set[int]:
+    """``id`` of every parameter of :func:`backbone_modules` of ``module``."""
+    return {id(p) for b in backbone_modules(module) for p in b.parameters()}
+
+
 def pixel_trunk(name: str, in_channels: int, weights: str | None = None, input_size: int | None = None) -> tuple[nn.Module, int]:
     """A pretrainable pixel backbone without classifier, (trunk, output width): ``cnnf``, ``efficientnet_lite0`` or a
-    torchvision model, loading the local ``weights`` file when given. Trunks take [0, 1] RGB (grey is repeated)."""
+    torchvision model, loading the local ``weights`` file when given. Trunks take [0, 1] RGB (grey is repeated) and
+    normalise it as the backbone expects (CNN-F: 0-255 minus MatConvNet's mean colour; the others: ImageNet
+    mean/std); ``input_size`` resizes every batch to that side first (CNN-F resizes to 224 by itself)."""
     if name == "cnnf":
         from methods.nets.cnnf import CNNF, load_cnnf_weights
 
@@ -171,9 +212,10 @@ def pixel_trunk(name: str, in_channels: int, weights: str | None = None, input_s
         if weights:
             load_state_dict_into(model, read_state_dict(weights, f"backbone {name!r}"), weights, f"backbone {name!r}", expected="EfficientNet-Lite0")
         model._fc = nn.Identity()
-        return LiteTrunk(model), EfficientNetLite0.out_dim
+        lite: nn.Module = LiteTrunk(model)
+        return (Resized(lite, input_size) if input_size else lite), EfficientNetLite0.out_dim
     tv = torchvision_trunk(name, in_channels, weights)
-    return tv, tv.out_dim
+    return (Resized(tv, input_size) if input_size else tv), tv.out_dim
 
 
 class Encoder(nn.Module):
@@ -198,13 +240,15 @@ def build_encoder(
     dropout: float = 0.0,
     weights: str | None = None,
     cnn_channels: Sequence[int] = (32, 64, 128),
+    input_size: int | None = None,
 ) -> Encoder:
     """Encoder for one modality: ``features``/``bow`` -> MLP, ``pixels`` -> small CNN or a torchvision model.
 
     ``backbone``: ``"auto"`` (MLP for features/bow, ``small_cnn`` for pixels), ``"mlp"``, ``"small_cnn"``,
     ``"cnnf"``, ``"efficientnet_lite0"`` or the name of a torchvision classification model (``resnet18``,
     ``alexnet``, ...; pixels only, random init unless ``weights`` names a local state_dict file). ``hidden`` are the widths of the MLP
-    head between the trunk and the ``out_dim`` outputs (empty = one linear layer).
+    head between the trunk and the ``out_dim`` outputs (empty = one linear layer). ``input_size``: the side pixel
+    batches are resized to before a pretrainable backbone (None: as prepared).
     """
     if spec.kind not in ("features", "pixels", "bow"):
         raise MethodError(f"modality {spec.name!r}: unknown kind {spec.kind!r}")
@@ -228,6 +272,6 @@ def build_encoder(
         cnn = SmallCNN(c, h, w, channels=cnn_channels)
         trunk, trunk_dim = cnn, cnn.out_dim
     else:
-        trunk, trunk_dim = pixel_trunk(name, spec.shape[0], weights)
+        trunk, trunk_dim = pixel_trunk(name, spec.shape[0], weights, input_size)
     head = mlp(trunk_dim, hidden, out_dim, dropout=dropout)
     return Encoder(trunk, trunk_dim, head, out_dim)

@@ -154,7 +154,7 @@ def check_params(params: Params) -> None:
                 raise ConfigError(f"{where}.method_params.{m}: method {m!r} is not in this suite's methods {suite.methods}")
         for m in suite.methods:
             trial_train(params, sname, m)
-            method_params(params, m, suite.method_params.get(m, {}), where=f"suites.{sname}.method_params.{m}")
+            method_params(params, m, suite.method_params.get(m, {}), where=f"suites.{sname}.method_params.{m}", paper=suite.network == "paper")
         validate_model(EvalConfig, deep_merge(params.eval.model_dump(), suite.eval), f"suites.{sname}.eval", src)
 
     check_spaces(params)

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Literal, Mapping
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer, model_validator
 
 from pipeline.core.errors import ConfigError
 from methods.registry import available_variants
@@ -48,6 +48,18 @@ class OptimizerConfig(_Strict):
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     momentum: float = Field(0.9, ge=0, lt=1)
+    backbone_lr_mult: float = Field(
+        1.0, gt=0, description="learning rate of a pretrainable pixel backbone (CNN-F, torchvision, EfficientNet-Lite0) relative to "
+        "lr: the shared loop puts its parameters in their own optimizer group (e.g. CSQ's authors: 0.05)",
+    )
+
+    @model_serializer(mode="wrap")
+    def _without_default_mult(self, handler):
+        """Leave ``backbone_lr_mult`` out of dumps at its default 1.0, so trial keys without it do not change."""
+        data = handler(self)
+        if isinstance(data, dict) and self.backbone_lr_mult == 1.0:
+            data.pop("backbone_lr_mult", None)
+        return data
 
 
 class LRScheduleConfig(_Strict):
@@ -56,16 +68,44 @@ class LRScheduleConfig(_Strict):
     ``constant``: the optimizer's ``lr`` throughout (the loop never touches the rate, so a method's own
     schedule, e.g. ltdual's cosine, is left alone). ``linear``: from ``lr`` at the first epoch to ``final_lr``
     at the last, evenly spaced (``numpy.linspace``; DCMH's authors' TensorFlow code); ``log``: the same with
-    geometric spacing (``numpy.logspace``; their MATLAB code). Each parameter group keeps its ratio to the
-    optimizer's ``lr`` (lr multipliers survive)."""
+    geometric spacing (``numpy.logspace``; their MATLAB code); ``step``: ``lr * gamma ** (epoch // step)`` with
+    ``step = step_size`` or ``int(step_fraction * epochs)`` (torch ``StepLR``, stepped per epoch; CSQ's and
+    OrthoHash's authors' code), so it follows the trial's own number of epochs. Each parameter group keeps its
+    ratio to the optimizer's ``lr`` (lr multipliers, e.g. ``backbone_lr_mult``, survive)."""
 
-    name: Literal["constant", "linear", "log"] = "constant"
+    name: Literal["constant", "linear", "log", "step"] = "constant"
     final_lr: float = Field(1e-6, gt=0, description="learning rate of the last epoch (linear, log)")
+    gamma: float = Field(0.1, gt=0, le=1, description="step: factor applied every step_size epochs")
+    step_size: int | None = Field(None, ge=1, description="step: epochs between decays (torch StepLR's step_size)")
+    step_fraction: float | None = Field(
+        None, gt=0, le=1, description="step: step_size as a fraction of the trial's epochs, int(fraction * epochs) (OrthoHash's code: 0.8)"
+    )
+
+    @model_serializer(mode="wrap")
+    def _without_idle_step(self, handler):
+        """Leave the step fields out of dumps unless ``name: step``, so trial keys of the other schedules do not change."""
+        data = handler(self)
+        if isinstance(data, dict) and self.name != "step":
+            for k in ("gamma", "step_size", "step_fraction"):
+                data.pop(k, None)
+        return data
+
+    @model_validator(mode="after")
+    def _step_period(self):
+        if self.name == "step" and (self.step_size is None) == (self.step_fraction is None):
+            raise ValueError("lr_schedule 'step' needs exactly one of step_size (epochs) or step_fraction (of the trial's epochs)")
+        return self
+
+    def step_period(self, epochs: int) -> int:
+        """Epochs between two decays of the ``step`` schedule in a run of ``epochs``."""
+        return int(self.step_size) if self.step_size is not None else max(1, int(float(self.step_fraction) * epochs))
 
     def lr_at(self, lr: float, epoch: int, epochs: int) -> float:
         """The rate of 0-based ``epoch`` of ``epochs`` starting from ``lr``."""
         if self.name == "constant" or epochs <= 1:
             return float(lr)
+        if self.name == "step":
+            return float(lr * self.gamma ** (max(epoch, 0) // self.step_period(epochs)))
         t = min(max(epoch, 0), epochs - 1) / (epochs - 1)
         if self.name == "linear":
             return float(lr + (self.final_lr - lr) * t)
@@ -452,6 +492,11 @@ class SuiteConfig(_Strict):
     eval: dict[str, Any] = {}
     method_params: dict[str, dict[str, Any]] = {}
     tuned: bool = Field(False, description="take method (and searched train) parameters from tuned/<dataset>/<method>-<bits>.yaml")
+    network: Literal["default", "paper"] = Field(
+        "default",
+        description="paper: every method starts from its paper's setup (its class's paper_setup: image network, ImageNet "
+        "weights, input size, recipe), under the methods.<name> block and the suite's own train/method_params",
+    )
     incremental: IncrementalSuiteConfig | None = Field(None, description="run the incremental-class protocol instead of plain training")
 
     @field_validator("bits")

@@ -29,31 +29,42 @@ def method_block(params: Params, method: str) -> dict[str, Any]:
     return block
 
 
-def method_params(params: Params, method: str, override: Mapping[str, Any], where: str | None = None) -> dict[str, Any]:
+def paper_setup(params: Params, method: str, part: str) -> dict[str, Any]:
+    """The ``params`` or ``train`` part of the method's paper setup (its class's ``paper_setup``)."""
+    return dict(get_method_class(params.implementation(method)).paper_setup.get(part) or {})
+
+
+def method_params(params: Params, method: str, override: Mapping[str, Any], where: str | None = None, paper: bool = False) -> dict[str, Any]:
     """Validated hyperparameters of ``method`` (a method or a variant; its block merged with a suite
-    override), as a dict."""
+    override), as a dict; with ``paper`` the method's paper setup lies under its block."""
 
     cls = get_method_class(params.implementation(method))
     block = deep_merge(method_block(params, method), override)
+    if paper:
+        block = deep_merge(paper_setup(params, method, "params"), block)
     block.pop("train", None)
     model = validate_model(cls.Params, block, where or f"methods.{method}", params.source)
     return model.model_dump(mode="json")
 
 
-def method_train(params: Params, method: str) -> dict[str, Any]:
+def method_train(params: Params, method: str, paper: bool = False) -> dict[str, Any]:
     """Training settings of ``method`` outside any suite, as a dict: the global ``train`` block < the
     method's recipe in code (its class's ``train_defaults``, e.g. DCMH's SGD schedule and sampler, each
-    value with its source in the method's docstring) < the params.yaml ``methods.<method>.train`` block."""
+    value with its source in the method's docstring) < with ``paper``, its paper setup's ``train`` part <
+    the params.yaml ``methods.<method>.train`` block."""
     merged = params.train.model_dump()
     recipe = get_method_class(params.implementation(method)).train_defaults
     merged = deep_merge(merged, recipe)
+    if paper:
+        merged = deep_merge(merged, paper_setup(params, method, "train"))
     return deep_merge(merged, method_block(params, method).get("train") or {})
 
 
 def trial_train(params: Params, suite: str, method: str) -> TrainConfig:
     """Training settings of one method in one suite: global < method's recipe (code) < method's ``train``
     block < suite's ``train``."""
-    merged = deep_merge(method_train(params, method), params.suites[suite].train)
+    cfg = params.suites[suite]
+    merged = deep_merge(method_train(params, method, paper=cfg.network == "paper"), cfg.train)
     return validate_model(TrainConfig, merged, f"suites.{suite}.train (with methods.{method}.train)", params.source)
 
 
@@ -78,6 +89,7 @@ class TrialRequest:
     tuned: bool = False
     incremental: IncrementalTrial | None = None
     where: str = ""
+    paper_network: bool = False  # the suite's network: paper (the method's paper_setup under its block)
 
 
 def resolve_trial(params: Params, req: TrialRequest) -> TrialSpec:
@@ -102,12 +114,12 @@ def resolve_trial(params: Params, req: TrialRequest) -> TrialSpec:
     protocol = req.protocol or ds.default_protocol
     if protocol not in ds.protocols:
         raise ConfigError(f"{src}: {where}: dataset {req.dataset!r} has no protocol {protocol!r}; available: {', '.join(ds.protocols)}")
-    merged = method_train(params, req.method)
+    merged = method_train(params, req.method, paper=req.paper_network)
     train = validate_model(TrainConfig, deep_merge(merged, req.train_override), f"{where}.train (with methods.{req.method}.train)", src)
     if req.tuned:
         mp, train = apply_tuned(params, req.dataset, req.method, req.bits, req.method_override, train)
     else:
-        mp = method_params(params, req.method, req.method_override, where=f"{where}.method_params.{req.method}" if req.method_override else None)
+        mp = method_params(params, req.method, req.method_override, where=f"{where}.method_params.{req.method}" if req.method_override else None, paper=req.paper_network)
     eval_cfg = validate_model(EvalConfig, with_paper_cutoff(deep_merge(params.eval.model_dump(), req.eval_override), ds, protocol), f"{where}.eval", src)
     return TrialSpec(
         suite=req.label,
@@ -156,6 +168,7 @@ def suite_requests(params: Params, suite_name: str) -> list[TrialRequest]:
             tuned=suite.tuned,
             incremental=inc,
             where=f"suites.{suite_name}",
+            paper_network=suite.network == "paper",
         )
         for method in suite.methods
         for bits in suite.bits

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from methods.base import ShardInfo, TrainData
+from methods.nets import backbone_parameter_ids
 from methods.registry import create_method, get_method_class
 from pipeline.config import OptimizerConfig, TrialSpec
 from pipeline.data.formats import PreparedDataset
@@ -53,16 +54,27 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def optimizer_factory(cfg: OptimizerConfig):
-    """A function building the configured optimizer over a parameter iterable."""
+def optimizer_factory(cfg: OptimizerConfig, method: torch.nn.Module | None = None):
+    """A function building the configured optimizer over a parameter iterable.
+
+    With ``cfg.backbone_lr_mult`` other than 1 and the ``method`` given, the parameters of its pretrainable pixel
+    backbones (:func:`methods.nets.backbone_parameter_ids`) form a second parameter group at ``lr *
+    backbone_lr_mult`` (the papers' smaller fine-tuning rate of the backbone); the loop's lr schedule keeps
+    that ratio. A method's own optimizer code is not involved."""
+    backbone = backbone_parameter_ids(method) if method is not None and cfg.backbone_lr_mult != 1.0 else set()
 
     def make(parameters):
         parameters = [p for p in parameters if p.requires_grad]
+        body = [p for p in parameters if id(p) in backbone]
+        head = [p for p in parameters if id(p) not in backbone]
+        groups: list[dict[str, Any]] = [{"params": head}] if head or not body else []
+        if body:
+            groups.append({"params": body, "lr": cfg.lr * cfg.backbone_lr_mult})
         if cfg.name == "adam":
-            return torch.optim.Adam(parameters, lr=cfg.lr, weight_decay=cfg.weight_decay)
+            return torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
         if cfg.name == "adamw":
-            return torch.optim.AdamW(parameters, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        return torch.optim.SGD(parameters, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+            return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
     return make
 
@@ -293,7 +305,7 @@ def fit(
     ``start()`` (its epochs are replayed to the observer, training goes on from the next one) and the
     state is saved every ``checkpoint.every`` epochs."""
     observer = observer or TrialObserver()
-    opts = method.configure_optimizers(optimizer_factory(spec.train.optimizer))
+    opts = method.configure_optimizers(optimizer_factory(spec.train.optimizer, method))
     bs = spec.train.batch_size
     n_epochs = spec.train.epochs if epochs is None else int(epochs)
     if not method.trains_by_gradient:  # closed-form methods solve in start(): one empty epoch
