@@ -14,6 +14,7 @@ $(VENV)/.installed: pyproject.toml setup.py pipeline/eval/_hamming_kernel.c
 install: $(VENV)/.installed
 
 demo: $(VENV)/.installed
+	PATH="$(abspath $(BIN)):$$PATH" hashbench dvc-vars  # dvc-bench.yaml: each bench stage's weights, from params.yaml
 	PATH="$(abspath $(BIN)):$$PATH" dvc repro report@demo
 	@echo "open reports/index.html"
 

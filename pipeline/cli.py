@@ -21,7 +21,7 @@ import os
 import sys
 from pathlib import Path
 
-from pipeline.core.errors import HashBenchError
+from pipeline.core.errors import ConfigError, HashBenchError
 
 log = logging.getLogger("hashbench")
 
@@ -153,6 +153,12 @@ def cmd_evaluate(args) -> int:
     from pipeline.train import tracking
 
     params, paths = _params(args), _paths(args)
+    if (paths.root / "dvc.yaml").is_file():  # a suite added to params.yaml without `hashbench dvc-vars` has no bench stage
+        from pipeline.config import dvcvars
+
+        problem = dvcvars.stale(params, paths.root)
+        if problem:
+            raise ConfigError(problem)
     uri = tracking.tracking_uri(params.tracking, paths)
     client = tracking.client(uri)
     conventions = conventions_for(c.cutoff if isinstance(c.cutoff, int) else None for t in load_published() for c in t.cells)
@@ -357,15 +363,13 @@ def cmd_dvc_vars(args) -> int:
 
     params = _params(args)
     root = _paths(args).root
-    text = dvcvars.render(params)
-    path = Path(root) / dvcvars.BENCH_VARS
     if args.check:
-        if not path.is_file() or path.read_text() != text:
-            raise ConfigError(f"{path} is out of date with {params.source}: run `hashbench dvc-vars`")
-        print(f"{path}: up to date")
+        problem = dvcvars.stale(params, root)
+        if problem:
+            raise ConfigError(problem)
+        print(f"{Path(root) / dvcvars.BENCH_VARS}: up to date")
         return 0
-    path.write_text(text)
-    print(f"written: {path}")
+    print(f"written: {dvcvars.write(params, root)}")
     return 0
 
 

@@ -51,6 +51,7 @@ def project(tmp_path_factory) -> tuple[Path, dict]:
     _run(["git", "-c", "user.email=ci@example.com", "-c", "user.name=ci", "commit", "-q", "--allow-empty", "-m", "init"], root, env)
     _run([str(BIN / "dvc"), "init", "-q"], root, env)
     _run([str(BIN / "dvc"), "config", "core.analytics", "false"], root, env)
+    _run([str(BIN / "hashbench"), "dvc-vars"], root, env)  # dvc.yaml's bench stages for this params.yaml
     _run([str(BIN / "dvc"), "repro", "report@demo"], root, env)
     return root, env
 

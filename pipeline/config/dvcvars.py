@@ -81,6 +81,17 @@ def render(params: Params) -> str:
     return head + yaml.safe_dump(bench_vars(params), sort_keys=False, width=200)
 
 
+def stale(params: Params, root: str | Path) -> str | None:
+    """Why :data:`BENCH_VARS` under ``root`` does not match ``params`` (missing, or out of date), or None. A DVC
+    project (``dvc.yaml`` in ``root``) with a stale file would silently have no bench stage for a new suite."""
+    path = Path(root) / BENCH_VARS
+    if not path.is_file():
+        return f"{path} is missing: run `hashbench dvc-vars` (it lists each bench@<suite> stage's weights for dvc.yaml)"
+    if path.read_text() != render(params):
+        return f"{path} is out of date with {params.source} (a suite was added or changed): run `hashbench dvc-vars`, then `dvc repro` again"
+    return None
+
+
 def write(params: Params, root: str | Path) -> Path:
     """Write :data:`BENCH_VARS` under ``root``; returns the path."""
     path = Path(root) / BENCH_VARS
