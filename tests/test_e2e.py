@@ -4,6 +4,7 @@ resume behaviour: a second repro is a no-op and a changed CSQ hyperparameter ret
 from __future__ import annotations
 
 import json
+import re
 import os
 import shutil
 import subprocess
@@ -69,7 +70,8 @@ def test_demo_report_has_rows_per_method_and_direction(project):
     html = (root / "reports" / "index.html").read_text()
     assert "wikipedia" in html and "digits" in html
     assert "image → text" in html and "text → image" in html and "image → image" in html
-    assert "<td>dcmh</td>" in html and "<td>csq</td>" in html
+    # a method cell is its name and its setup flags against the paper's setup (pipeline/report/flags.py)
+    assert re.search(r"<td>dcmh \[[RFBPT ]+\]</td>", html) and re.search(r"<td>csq \[[RFBPT ]+\]</td>", html)
     assert "http://" not in html.replace("http://www.w3.org/2000/svg", "") and "https://" not in html  # offline
     metrics = json.loads((root / "reports" / "demo" / "metrics.json").read_text())
     assert set(metrics) == {"demo-wikipedia", "demo-digits"}
